@@ -1,0 +1,36 @@
+"""Split a model's parameters into fast (adapted per task) and static (held fixed in the inner loop).
+
+fast   = U and bias of every TUV layer, plus every parameter of non-TUV modules (norm affine, plain layers:
+         the MAML convention, everything adapts);
+static = T, V (and any other meta-only parameter such as MT-net mask logits or learned inner lrs).
+The outer loop meta-learns *all* parameters: static ones and the initial values of the fast ones.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from metatuv.nn.tuv import TUVLayer
+
+FAST_TUV_NAMES = ("U", "bias")
+
+
+def fast_names(model: nn.Module) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the parameters the inner loop adapts."""
+    names = []
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for p_name, _ in module.named_parameters(recurse=False):
+            if not isinstance(module, TUVLayer) or p_name in FAST_TUV_NAMES:
+                names.append(prefix + p_name)
+    return names
+
+
+def split_params(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(fast, static) dicts of the model's parameters; static also holds the buffers."""
+    fast_set = set(fast_names(model))
+    params = dict(model.named_parameters())
+    fast = {n: p for n, p in params.items() if n in fast_set}
+    static = {n: p for n, p in params.items() if n not in fast_set}
+    static.update(dict(model.named_buffers()))
+    return fast, static

@@ -1,0 +1,146 @@
+"""Meta-gradients: a hand-derived second-order case, gradcheck, first order vs second order, one meta-step."""
+
+import itertools
+
+import pytest
+import torch
+from conftest import random_factors
+from torch import nn
+
+from metatuv.meta import MetaLearner, meta_train
+from metatuv.nn import TUVLayer, TUVLinear, mlp
+
+D = torch.float64
+
+
+def half_sse(pred, y):
+    return 0.5 * ((pred - y) ** 2).sum()
+
+
+def test_hand_derived_scalar_second_order():
+    """w = t·u·v, L = ½(w·x − y)², one inner step of size α on u:
+
+    u' = u − α·t·v·x_s·r_s with r_s = w·x_s − y_s, so w' = t·u'·v = w − α·t²v²·x_s·r_s.
+    L_q = ½ r_q², r_q = w'·x_q − y_q, and dL_q/dθ = r_q·x_q·dw'/dθ with
+      dw'/du = t·v·(1 − α·t²v²·x_s²)
+      dw'/dt = u·v − α·t·v²·x_s·(2·r_s + t·u·v·x_s)
+      dw'/dv = t·u − α·t²·v·x_s·(2·r_s + t·u·v·x_s)
+    (the α-terms are the second-order part; first order keeps only dw'/du = t·v and
+    dw'/dt = u'·v, dw'/dv = t·u' evaluated at the adapted u').
+    """
+    layer = TUVLinear(1, 1, bias=False, dtype=D)
+    t, u, v, alpha = 1.3, -0.7, 0.8, 0.25
+    with torch.no_grad():
+        layer.T.fill_(t), layer.U.fill_(u), layer.V.fill_(v)
+    xs, ys, xq, yq = 1.5, 0.4, -0.9, 1.1
+    batch = tuple(torch.tensor([[[val]]], dtype=D) for val in (xs, ys, xq, yq))
+    learner = MetaLearner(layer, half_sse, alpha, steps=1)
+    learner.meta_loss(batch).backward()
+
+    w = t * u * v
+    r_s = w * xs - ys
+    w1 = w - alpha * t**2 * v**2 * xs * r_s
+    r_q = w1 * xq - yq
+    dU = r_q * xq * t * v * (1 - alpha * t**2 * v**2 * xs**2)
+    dT = r_q * xq * (u * v - alpha * t * v**2 * xs * (2 * r_s + t * u * v * xs))
+    dV = r_q * xq * (t * u - alpha * t**2 * v * xs * (2 * r_s + t * u * v * xs))
+    for p, expected in ((layer.U, dU), (layer.T, dT), (layer.V, dV)):
+        assert abs(p.grad.item() - expected) < 1e-12
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_hand_derived_matrix_U_gradient(first_order):
+    """W = T·U·V (m×n), L = ½‖W·x − y‖², one inner step on U, R = r_q·x_qᵀ at the adapted W':
+
+    dW' = T·dU·V − α·TTᵀ·T·dU·V·x_s·x_sᵀ·VᵀV, hence
+    ∂L_q/∂U₀ = Tᵀ·R·Vᵀ − α·TᵀTTᵀ·R·VᵀV·x_s·x_sᵀ·Vᵀ; first order keeps only the first term.
+    """
+    layer = TUVLinear(3, 2, bias=False, dtype=D)
+    random_factors(layer, 0.5)
+    alpha = 0.2
+    xs, ys, xq, yq = (torch.randn(1, 1, k, dtype=D) for k in (3, 2, 3, 2))
+    learner = MetaLearner(layer, half_sse, alpha, steps=1, first_order=first_order)
+    learner.meta_loss((xs, ys, xq, yq)).backward()
+
+    T, U, V = (p.detach() for p in (layer.T, layer.U, layer.V))
+    x_s, y_s, x_q, y_q = (a.reshape(-1, 1) for a in (xs, ys, xq, yq))
+    W = T @ U @ V
+    W1 = W - alpha * T @ T.T @ (W @ x_s - y_s) @ x_s.T @ V.T @ V
+    R = (W1 @ x_q - y_q) @ x_q.T
+    expected = T.T @ R @ V.T
+    if not first_order:
+        expected = expected - alpha * T.T @ T @ T.T @ R @ V.T @ V @ x_s @ x_s.T @ V.T
+    assert torch.allclose(layer.U.grad, expected, atol=1e-12, rtol=0)
+
+
+def tiny_learner(steps=2, first_order=False):
+    model = nn.Sequential(TUVLinear(2, 3, dtype=D), nn.Tanh(), TUVLinear(3, 2, dtype=D))
+    for m in model.modules():
+        if isinstance(m, TUVLayer):
+            random_factors(m)
+    return MetaLearner(model, lambda p, y: ((p - y) ** 2).mean(), lr=0.3, steps=steps, first_order=first_order)
+
+
+def tiny_batch(tasks=2):
+    return (torch.randn(tasks, 4, 2, dtype=D), torch.randn(tasks, 4, 2, dtype=D),
+            torch.randn(tasks, 5, 2, dtype=D), torch.randn(tasks, 5, 2, dtype=D))  # fmt: skip
+
+
+def test_gradcheck_meta_loss_wrt_T_V_and_U_init():
+    learner = tiny_learner(steps=2)
+    batch = tiny_batch()
+    names, values = zip(*learner.params().items(), strict=True)
+    inputs = tuple(v.detach().clone().requires_grad_() for v in values)
+    assert {"0.T", "0.V", "0.U", "2.T", "2.V", "2.U"} <= set(names)
+
+    def meta_loss(*flat):
+        return learner.meta_loss(batch, dict(zip(names, flat, strict=True)))
+
+    assert torch.autograd.gradcheck(meta_loss, inputs, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(meta_loss, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_first_order_drops_second_order_term():
+    batch = tiny_batch()
+    grads = {}
+    for fo in (False, True):
+        torch.manual_seed(1)
+        learner = tiny_learner(steps=1, first_order=fo)
+        learner.meta_loss(batch).backward()
+        grads[fo] = {n: p.grad.clone() for n, p in learner.model.named_parameters()}
+    for n in grads[False]:
+        assert not torch.allclose(grads[False][n], grads[True][n], atol=1e-8), n
+    # with zero inner steps both are the plain query-loss gradient
+    for fo in (False, True):
+        torch.manual_seed(1)
+        learner = tiny_learner(steps=0, first_order=fo)
+        learner.meta_loss(batch).backward()
+        grads[fo] = {n: p.grad.clone() for n, p in learner.model.named_parameters()}
+    for n in grads[False]:
+        assert torch.equal(grads[False][n], grads[True][n])
+
+
+def test_one_meta_step_updates_only_leaf_meta_parameters():
+    model = mlp([1, 8, 8, 1]).double()
+    learner = MetaLearner(model, lambda p, y: ((p - y) ** 2).mean(), lr=0.01, steps=1)
+    params_before = {n: p for n, p in model.named_parameters()}
+    values_before = {n: p.detach().clone() for n, p in params_before.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = itertools.repeat(tiny_batch_1d())
+    meta_train(learner, batches, steps=1, optimizer=optimizer, progress=False)
+    opt_params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert {id(p) for p in opt_params} == {id(p) for p in params_before.values()}
+    for n, p in model.named_parameters():
+        assert p is params_before[n] and p.is_leaf  # never replaced by adapted tensors
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+        assert not torch.equal(p.detach(), values_before[n]), n  # Adam moved every meta parameter
+
+
+def tiny_batch_1d():
+    return (torch.randn(4, 5, 1, dtype=D), torch.randn(4, 5, 1, dtype=D),
+            torch.randn(4, 5, 1, dtype=D), torch.randn(4, 5, 1, dtype=D))  # fmt: skip
+
+
+def test_learner_rejects_bad_inner_lr():
+    with pytest.raises(ValueError, match="lr=-0.1"):
+        MetaLearner(mlp([1, 2, 1]), half_sse, lr=-0.1, steps=1)
