@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metatuv.data import Sinusoid
 from metatuv.meta import MetaLearner, evaluate, get_preset, meta_train, mse
+from metatuv.metric import mask_fractions
 from metatuv.nn import mlp
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # conf/ at the repository root
@@ -31,9 +32,25 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     preset = get_preset(cfg.model.name)
     b = cfg.benchmark
     bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
-    model = mlp(list(b.arch.sizes), preset.use_T, preset.use_V).to(cfg.device)
-    init_model = copy.deepcopy(model)
-    learner = MetaLearner(model, mse, cfg.inner.lr, cfg.inner.steps, cfg.inner.first_order)
+    model = mlp(list(b.arch.sizes), preset.use_T, preset.use_V, preset.use_mask).to(cfg.device)
+    i = cfg.inner
+
+    def make_learner(m: torch.nn.Module) -> MetaLearner:
+        return MetaLearner.from_preset(
+            m,
+            preset,
+            mse,
+            i.lr,
+            i.steps,
+            first_order=i.first_order,
+            mask_temperature=i.mask_temperature,
+            backend=i.backend,
+            vectorize=i.vectorize,
+            chunk_size=i.chunk_size,
+        ).to(cfg.device)
+
+    learner = make_learner(model)
+    baseline = copy.deepcopy(learner)
 
     start = time.perf_counter()
     history = meta_train(
@@ -43,20 +60,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         cfg.outer.lr,
         cfg.outer.clip,
         cfg.progress,
+        seed=cfg.seed,
     )
     train_s = time.perf_counter() - start
 
-    def test(m: torch.nn.Module) -> tuple[float, float]:
-        tested = MetaLearner(m, mse, cfg.inner.lr, cfg.inner.steps)
-        stream = bench.batches(cfg.outer.meta_batch, cfg.seed + TEST_SEED_OFFSET, cfg.device)
-        return evaluate(tested, stream, cfg.eval.tasks, cfg.inner.test_steps, mse, cfg.progress)
+    def test(tested: MetaLearner) -> tuple[float, float]:
+        seed = cfg.seed + TEST_SEED_OFFSET
+        stream = bench.batches(cfg.outer.meta_batch, seed, cfg.device)
+        return evaluate(tested, stream, cfg.eval.tasks, i.test_steps, mse, cfg.progress, seed)
 
     results = {"preset": preset.name, "meta_steps": cfg.outer.steps, "train_seconds": round(train_s, 2)}
     results["final_train_loss"] = sum(history[-100:]) / max(1, len(history[-100:]))
-    results["test_mse"], results["test_ci95"] = test(model)
+    results["test_mse"], results["test_ci95"] = test(learner)
     if cfg.eval.baseline:
-        results["baseline_mse"], results["baseline_ci95"] = test(init_model)
-    torch.save(model.state_dict(), out_dir / "model.pt")
+        results["baseline_mse"], results["baseline_ci95"] = test(baseline)
+    if preset.use_mask:
+        results["mask_fractions"] = mask_fractions(model)
+    torch.save(learner.state_dict(), out_dir / "model.pt")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

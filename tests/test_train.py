@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from metatuv.meta import PRESETS
 from metatuv.train import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -19,12 +20,14 @@ def small(cfg_overrides=()):
         return compose("config", ["outer.steps=20", "eval.tasks=20", "progress=false", *cfg_overrides])
 
 
-@pytest.mark.parametrize("preset", ["maml", "tnet", "tuv"])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_run_every_preset(tmp_path, preset):
     results = run(small([f"model={preset}"]), tmp_path)
     assert results["preset"] == preset and results["meta_steps"] == 20
     assert results["test_mse"] > 0 and results["baseline_mse"] > 0
     assert (tmp_path / "model.pt").exists()
+    if preset in ("mtnet", "mtuv"):
+        assert set(results["mask_fractions"]) == {"0", "2", "4"}
     assert json.loads((tmp_path / "results.json").read_text())["test_mse"] == results["test_mse"]
 
 
@@ -47,3 +50,9 @@ def test_console_script_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "meta-test MSE over 10 tasks" in out.stdout and "baseline" in out.stdout
     assert (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("backend", ["higher", "learn2learn"])
+def test_run_with_other_backends(tmp_path, backend):
+    results = run(small([f"inner.backend={backend}", "model=mtuv", "inner.chunk_size=2"]), tmp_path)
+    assert results["test_mse"] > 0

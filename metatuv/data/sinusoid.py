@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from metatuv.meta.learner import Batch
+from metatuv.inner.backends import Batch
 
 
 @dataclass(frozen=True)

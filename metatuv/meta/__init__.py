@@ -1,16 +1,27 @@
-"""Outer loop: meta-learner presets, meta-training, evaluation."""
+"""Outer loop: meta-learner presets, the inner step rule, meta-training, evaluation."""
 
-from metatuv.meta.learner import Batch, MetaLearner, accuracy, evaluate, mean_ci95, meta_train, mse
+from metatuv.meta.learner import (
+    MetaLearner,
+    accuracy,
+    cross_entropy,
+    evaluate,
+    mean_ci95,
+    meta_train,
+    mse,
+)
 from metatuv.meta.presets import PRESETS, Preset, get_preset
+from metatuv.meta.rule import InnerRule, mask_sample
 
 __all__ = [
     "PRESETS",
-    "Batch",
+    "InnerRule",
     "MetaLearner",
     "Preset",
     "accuracy",
+    "cross_entropy",
     "evaluate",
     "get_preset",
+    "mask_sample",
     "mean_ci95",
     "meta_train",
     "mse",

@@ -1,24 +1,25 @@
 """MAML-style outer loop over W = T·U·V models (Finn et al. 2017; Lee & Choi 2018).
 
-Meta-objective: min over (T, V, U₀, b₀) of E_task L_query(adapt(U₀, b₀; support)), optimized with Adam.
+Meta-objective: min over (T, V, U₀, b₀, rule parameters) of E_task L_query(adapt(U₀, b₀; support)), by Adam.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
-from metatuv.inner import adapt
+from metatuv.inner import Params, TaskProblem, task_losses
+from metatuv.inner.backends import BACKENDS, VECTORIZE, Batch
+from metatuv.meta.presets import Preset
+from metatuv.meta.rule import InnerRule
 from metatuv.nn import fast_names
 
-# One meta-batch: x_support (tasks, S, ...), y_support (tasks, S, ...), x_query (tasks, Q, ...), y_query (tasks, Q, ...)
-Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -26,53 +27,113 @@ def mse(pred: Tensor, y: Tensor) -> Tensor:
     return torch.mean((pred - y) ** 2)
 
 
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(logits, y)
+
+
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.argmax(-1) == y).float().mean()
+    return (logits.argmax(-1) == y).to(logits.dtype).mean()
 
 
-@dataclass
-class MetaLearner:
-    """The model with its inner loop: ``steps`` SGD steps of size ``lr`` on the fast parameters.
+class MetaLearner(nn.Module):
+    """The model with its inner loop: ``steps`` steps of the inner rule on the fast parameters.
 
-    Every method takes ``params`` (name → tensor, all parameters and buffers; default: the model's own),
-    so the meta-loss is a pure function of the meta parameters (gradcheck, vmap).
+    Methods take ``params`` (name → tensor, the model's parameters and buffers; default: the model's own), so
+    the meta-loss is a pure function of the meta parameters (gradcheck, vmap). The inner-rule parameters
+    (learned rates, curvature) live in ``self.rule``; the outer optimizer takes ``self.parameters()``.
     """
 
-    model: nn.Module
-    loss: LossFn
-    lr: float
-    steps: int
-    first_order: bool = False
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        lr: float,
+        steps: int,
+        first_order: bool = False,
+        *,
+        lr_mode: str = "fixed",
+        curvature: bool = False,
+        head_only: bool = False,
+        mask_temperature: float = 1.0,
+        backend: str = "func",
+        vectorize: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or steps < 0:
+            raise ValueError(f"MetaLearner: inner lr={lr} must be > 0 and steps={steps} >= 0.")
+        if backend not in BACKENDS or vectorize not in VECTORIZE:
+            raise ValueError(
+                f"MetaLearner: backend={backend!r} / vectorize={vectorize!r}; choose backend from "
+                f"{list(BACKENDS)} and vectorize from {list(VECTORIZE)}."
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"MetaLearner: chunk_size={chunk_size} must be >= 1 or None (all tasks at once).")
+        self.model = model
+        self.fast_names = fast_names(model, head_only=head_only)
+        self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature)
+        self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.make_rule)
+        self.backend, self.vectorize, self.chunk_size = backend, vectorize, chunk_size
 
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.steps < 0:
-            raise ValueError(f"MetaLearner: inner lr={self.lr} must be > 0 and steps={self.steps} >= 0.")
-        self.fast_names = fast_names(self.model)
+    @classmethod
+    def from_preset(cls, model: nn.Module, preset: Preset, loss: LossFn, lr: float, steps: int, **kw) -> MetaLearner:
+        """A learner with the preset's rule; ``model`` must already have the preset's factors (and masks)."""
+        kw["first_order"] = kw.get("first_order", False) or preset.first_order
+        return cls(
+            model,
+            loss,
+            lr,
+            steps,
+            lr_mode=preset.lr_mode,
+            curvature=preset.curvature,
+            head_only=preset.head_only,
+            **kw,
+        )
 
-    def params(self) -> dict[str, Tensor]:
+    @property
+    def loss(self) -> LossFn:
+        return self.problem.loss
+
+    def params(self) -> Params:
         return {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
 
-    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.model, params, (x,))
+    def sample_extras(self, tasks: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Per-task randomness of the inner loop (MT-net mask noise), drawn outside vmap: {} if none."""
+        like = next(self.model.parameters())
+        return self.rule.mask_noise(tasks, generator, like)
 
-    def adapt_task(
-        self, params: dict[str, Tensor], xs: Tensor, ys: Tensor, steps: int | None = None
-    ) -> dict[str, Tensor]:
-        """All parameters, with the fast ones adapted on one task's support set (xs, ys)."""
-        fast = {n: params[n] for n in self.fast_names}
-
-        def support_loss(f: dict[str, Tensor]) -> Tensor:
-            return self.loss(self.forward({**params, **f}, xs), ys)
-
-        steps = self.steps if steps is None else steps
-        return {**params, **adapt(support_loss, fast, steps, self.lr, self.first_order)}
-
-    def meta_loss(self, batch: Batch, params: dict[str, Tensor] | None = None) -> Tensor:
-        """Mean over tasks of the query loss after adaptation (a per-task loop)."""
+    def task_losses(
+        self, batch: Batch, extras: Any = None, params: Params | None = None, backend: str | None = None
+    ) -> Tensor:
+        """Query loss of every task after adaptation, shape (tasks,)."""
         params = self.params() if params is None else params
-        xs, ys, xq, yq = batch
-        losses = [self.loss(self.forward(self.adapt_task(params, xs[i], ys[i]), xq[i]), yq[i]) for i in range(len(xs))]
-        return torch.stack(losses).mean()
+        extras = self.sample_extras(len(batch[0])) if extras is None else extras
+        return task_losses(self.problem, params, batch, extras, backend or self.backend, self.vectorize)
+
+    def meta_loss(self, batch: Batch, params: Params | None = None, extras: Any = None) -> Tensor:
+        """Mean over tasks of the query loss after adaptation."""
+        return self.task_losses(batch, extras, params).mean()
+
+    def backward(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
+        """Accumulate the meta-gradient of the mean query loss into ``.grad``, one backward per chunk of tasks.
+
+        Returns the (detached) meta-loss.
+        """
+        tasks = len(batch[0])
+        extras = self.sample_extras(tasks, generator)
+        size = self.chunk_size or tasks
+        total = torch.zeros((), dtype=batch[0].dtype if batch[0].is_floating_point() else torch.float32)
+        for start in range(0, tasks, size):
+            part = slice(start, start + size)
+            losses = self.task_losses(tuple(b[part] for b in batch), tree_map(lambda t, part=part: t[part], extras))
+            (losses.sum() / tasks).backward()
+            total = total + losses.detach().sum().to(total.device)
+        return total / tasks
+
+    def adapt_task(self, params: Params, xs: Tensor, ys: Tensor, steps: int | None = None, extra: Any = None) -> Params:
+        """All parameters with the fast ones adapted on one support set (torch.func; graph-free under no_grad)."""
+        extra = tree_map(lambda t: t[0], self.sample_extras(1)) if extra is None else extra
+        return self.problem.adapt(params, xs, ys, extra, steps)
 
 
 def meta_train(
@@ -84,25 +145,26 @@ def meta_train(
     progress: bool = True,
     log_every: int = 100,
     optimizer: torch.optim.Optimizer | None = None,
+    seed: int = 0,
 ) -> list[float]:
-    """Adam (or ``optimizer``) on all model parameters (T, V, U₀, b₀) for ``steps`` meta-steps.
+    """Adam (or ``optimizer``) on all meta parameters (T, V, U₀, b₀, rule) for ``steps`` meta-steps.
 
-    Returns the meta-loss of every step.
+    Returns the meta-loss of every step. ``seed`` drives the inner loop's own randomness (MT-net masks).
     """
     if steps < 0 or meta_lr <= 0:
         raise ValueError(f"meta_train: steps={steps} must be >= 0 and meta_lr={meta_lr} > 0.")
     if optimizer is None:
-        optimizer = torch.optim.Adam(learner.model.parameters(), lr=meta_lr)
-    history: list[float] = []
+        optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
+    device = next(learner.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    history: list[Tensor] = []
     bar = tqdm(range(steps), desc="meta-train", disable=not progress, mininterval=0.5)
     for step in bar:
-        loss = learner.meta_loss(next(batches))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        history.append(learner.backward(next(batches), generator))
         if clip is not None:
-            nn.utils.clip_grad_norm_(learner.model.parameters(), clip)
+            nn.utils.clip_grad_norm_(learner.parameters(), clip)
         optimizer.step()
-        history.append(loss.detach())
         if progress and (step + 1) % log_every == 0:
             bar.set_postfix(loss=f"{torch.stack(history[-log_every:]).mean().item():.4f}")
     return [float(h) for h in history]
@@ -123,6 +185,7 @@ def evaluate(
     steps: int | None = None,
     metric: LossFn = mse,
     progress: bool = True,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Adapt on each test task's support set (graph-free, ``steps`` inner steps) and score its query set.
 
@@ -130,13 +193,15 @@ def evaluate(
     """
     if tasks < 2:
         raise ValueError(f"evaluate: tasks={tasks} must be >= 2 for a confidence interval.")
+    generator = torch.Generator(device=next(learner.parameters()).device).manual_seed(seed)
     scores: list[Tensor] = []
     params = learner.params()
     with torch.no_grad(), tqdm(total=tasks, desc="evaluate", disable=not progress, mininterval=0.5) as bar:
         while len(scores) < tasks:
             xs, ys, xq, yq = next(batches)
+            extras = learner.sample_extras(len(xs), generator)
             for i in range(min(len(xs), tasks - len(scores))):
-                adapted = learner.adapt_task(params, xs[i], ys[i], steps)
-                scores.append(metric(learner.forward(adapted, xq[i]), yq[i]))
+                adapted = learner.adapt_task(params, xs[i], ys[i], steps, tree_map(lambda t, i=i: t[i], extras))
+                scores.append(metric(learner.problem.forward(adapted, xq[i]), yq[i]))
                 bar.update(1)
     return mean_ci95(torch.stack(scores))

@@ -1,8 +1,15 @@
-"""Meta-learner presets: which factors of W = T·U·V exist (and are meta-learned) in every layer.
+"""Meta-learner presets, run side by side in one code base. Update rules (G = ∂L/∂W, g = ∂L/∂θ):
 
-maml: W = U; all weights adapt: θ' = θ − α∇θL (Finn et al. 2017).
-tnet: W = T·U; U adapts, T meta-learned: W' = W − α·TTᵀ·G (Lee & Choi 2018, T-net).
-tuv:  W = T·U·V; U adapts, T and V meta-learned: W' = W − α·TTᵀ·G·VᵀV (the seed).
+maml:          W = U, every weight adapts:            θ' = θ − α·g                    (Finn et al. 2017)
+fomaml:        maml, first order (support gradients detached from the meta-graph)
+metasgd:       W = U, learned per-entry rates:        θ' = θ − α_θ ⊙ g                (Li et al. 2017)
+lslr:          W = U, learned per-layer per-step:     θ' = θ − α_{θ,k}·g              (MAML++ LSLR, Antoniou+ 2019)
+anil:          W = U, only the head adapts:           θ'_head = θ_head − α·g_head     (Raghu et al. 2020)
+metacurvature: W = U, learned gradient transform:     W' = W − α·M_o·G·M_i (×₃ M_f)   (Park & Oliva 2019)
+tnet:          W = T·U, U adapts:                     W' = W − α·TTᵀ·G                (Lee & Choi 2018)
+mtnet:         tnet + mask m on U's rows:             W' = W − α·T·(m ⊙ Tᵀ·G)         (Lee & Choi 2018)
+tuv:           W = T·U·V, U adapts:                   W' = W − α·TTᵀ·G·VᵀV            (the seed)
+mtuv:          tuv + mask m on U's rows:              W' = W − α·T·(m ⊙ Tᵀ·G·Vᵀ)·V
 """
 
 from __future__ import annotations
@@ -13,17 +20,29 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Preset:
     name: str
-    use_T: bool
-    use_V: bool
-    rule: str
+    use_T: bool = False
+    use_V: bool = False
+    use_mask: bool = False
+    lr_mode: str = "fixed"  # fixed | metasgd | lslr
+    curvature: bool = False
+    head_only: bool = False
+    first_order: bool = False  # forces first order when true
+    rule: str = ""
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("maml", False, False, "W' = W - a*G"),
-        Preset("tnet", True, False, "W' = W - a*TT^T*G"),
-        Preset("tuv", True, True, "W' = W - a*TT^T*G*V^TV"),
+        Preset("maml", rule="theta' = theta - a*g"),
+        Preset("fomaml", first_order=True, rule="theta' = theta - a*g (first order)"),
+        Preset("metasgd", lr_mode="metasgd", rule="theta' = theta - a_theta (.) g"),
+        Preset("lslr", lr_mode="lslr", rule="theta' = theta - a_{layer,step}*g"),
+        Preset("anil", head_only=True, rule="head' = head - a*g_head"),
+        Preset("metacurvature", curvature=True, rule="W' = W - a*Mo*G*Mi"),
+        Preset("tnet", use_T=True, rule="W' = W - a*TT^T*G"),
+        Preset("mtnet", use_T=True, use_mask=True, rule="W' = W - a*T*(m (.) T^T*G)"),
+        Preset("tuv", use_T=True, use_V=True, rule="W' = W - a*TT^T*G*V^TV"),
+        Preset("mtuv", use_T=True, use_V=True, use_mask=True, rule="W' = W - a*T*(m (.) T^T*G*V^T)*V"),
     )
 }
 

@@ -47,3 +47,15 @@ def spectra(layer: TUVLayer) -> tuple[Tensor, Tensor]:
     """Eigenvalues (ascending) of TTᵀ and of VᵀV; both are PSD, so P's eigenvalues are their products."""
     left, right = factors(layer)
     return torch.linalg.eigvalsh(left.detach()), torch.linalg.eigvalsh(right.detach())
+
+
+def mask_fractions(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """MT-net learned subspace per masked layer: the fraction of output units with P(on) = σ(ζ) > ½ ("hard")
+    and the expected fraction E[m] = mean σ(ζ) under the τ = 1 sampling noise ("expected").
+    """
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, TUVLayer) and module.mask_logit is not None:
+            logit = module.mask_logit.detach()
+            out[name] = {"hard": (logit > 0).float().mean().item(), "expected": torch.sigmoid(logit).mean().item()}
+    return out

@@ -1,7 +1,19 @@
 """TUV layers, tuvify(), the fast/static parameter split and the models."""
 
-from metatuv.nn.models import mlp
+from metatuv.nn.models import conv4, mlp
+from metatuv.nn.norm import BatchNorm
 from metatuv.nn.params import fast_names, split_params
 from metatuv.nn.tuv import TUVConv2d, TUVLayer, TUVLinear, compose, tuvify
 
-__all__ = ["TUVConv2d", "TUVLayer", "TUVLinear", "compose", "fast_names", "mlp", "split_params", "tuvify"]
+__all__ = [
+    "BatchNorm",
+    "conv4",
+    "TUVConv2d",
+    "TUVLayer",
+    "TUVLinear",
+    "compose",
+    "fast_names",
+    "mlp",
+    "split_params",
+    "tuvify",
+]

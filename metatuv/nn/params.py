@@ -15,8 +15,17 @@ from metatuv.nn.tuv import TUVLayer
 FAST_TUV_NAMES = ("U", "bias")
 
 
-def fast_names(model: nn.Module) -> list[str]:
-    """Names (as in ``model.named_parameters()``) of the parameters the inner loop adapts."""
+def fast_names(model: nn.Module, head_only: bool = False) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the parameters the inner loop adapts.
+
+    ``head_only`` (ANIL): only the last TUV layer's U and bias.
+    """
+    if head_only:
+        heads = [n for n, m in model.named_modules() if isinstance(m, TUVLayer)]
+        if not heads:
+            raise ValueError("fast_names(head_only=True): the model has no TUV layer; tuvify it first.")
+        dot = f"{heads[-1]}." if heads[-1] else ""
+        return [dot + k for k in FAST_TUV_NAMES if getattr(model.get_submodule(heads[-1]), k) is not None]
     names = []
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""

@@ -25,11 +25,15 @@ class TUVLayer(nn.Module):
     T: Tensor | None
     V: Tensor | None
     bias: Tensor | None
+    mask_logit: Tensor | None
 
-    def _init_factors(self, m: int, n: int, use_T: bool, use_V: bool, bias: bool, factory: dict) -> None:
-        eye = lambda k: torch.eye(k, **factory)  # noqa: E731
-        self.T = nn.Parameter(eye(m)) if use_T else None
-        self.V = nn.Parameter(eye(n)) if use_V else None
+    def _init_factors(
+        self, m: int, n: int, use_T: bool, use_V: bool, bias: bool, factory: dict, use_mask: bool = False
+    ) -> None:
+        self.T = nn.Parameter(torch.eye(m, **factory)) if use_T else None
+        self.V = nn.Parameter(torch.eye(n, **factory)) if use_V else None
+        # MT-net: one logit per output unit (row of U / output channel); 0 = on with probability 1/2
+        self.mask_logit = nn.Parameter(torch.zeros(m, **factory)) if use_mask else None
         self.bias = nn.Parameter(torch.zeros(m, **factory)) if bias else None
         # default init of the matching torch layer, applied to U (so W = U at T = V = I)
         nn.init.kaiming_uniform_(self.U, a=math.sqrt(5))
@@ -44,7 +48,8 @@ class TUVLayer(nn.Module):
         return compose(self.T, self.U, self.V)
 
     def extra_repr(self) -> str:
-        return f"U={tuple(self.U.shape)}, T={self.T is not None}, V={self.V is not None}, bias={self.bias is not None}"
+        flags = {k: getattr(self, k) is not None for k in ("T", "V", "bias", "mask_logit")}
+        return f"U={tuple(self.U.shape)}, " + ", ".join(f"{k}={v}" for k, v in flags.items())
 
 
 def compose(T: Tensor | None, U: Tensor, V: Tensor | None) -> Tensor:
@@ -73,6 +78,7 @@ class TUVLinear(TUVLayer):
         bias: bool = True,
         use_T: bool = True,
         use_V: bool = True,
+        use_mask: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -80,7 +86,7 @@ class TUVLinear(TUVLayer):
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features = in_features, out_features
         self.U = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self._init_factors(out_features, in_features, use_T, use_V, bias, factory)
+        self._init_factors(out_features, in_features, use_T, use_V, bias, factory, use_mask)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -100,6 +106,7 @@ class TUVConv2d(TUVLayer):
         use_T: bool = True,
         use_V: bool = True,
         dilation: int | tuple[int, int] = 1,
+        use_mask: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -109,17 +116,17 @@ class TUVConv2d(TUVLayer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), stride, padding, dilation
         self.U = nn.Parameter(torch.empty(out_channels, in_channels, kh, kw, **factory))
-        self._init_factors(out_channels, in_channels, use_T, use_V, bias, factory)
+        self._init_factors(out_channels, in_channels, use_T, use_V, bias, factory, use_mask)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
 
-def _convert(layer: nn.Module, use_T: bool, use_V: bool) -> TUVLayer:
+def _convert(layer: nn.Module, use_T: bool, use_V: bool, use_mask: bool) -> TUVLayer:
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
-        new: TUVLayer = TUVLinear(layer.in_features, layer.out_features, has_bias, use_T, use_V, **factory)
+        new: TUVLayer = TUVLinear(layer.in_features, layer.out_features, has_bias, use_T, use_V, use_mask, **factory)
     else:
         if layer.groups != 1 or layer.padding_mode != "zeros":
             raise ValueError(
@@ -136,6 +143,7 @@ def _convert(layer: nn.Module, use_T: bool, use_V: bool) -> TUVLayer:
             use_T,
             use_V,
             layer.dilation,
+            use_mask,
             **factory,
         )
     with torch.no_grad():  # construction-time copy, not part of any graph
@@ -145,16 +153,17 @@ def _convert(layer: nn.Module, use_T: bool, use_V: bool) -> TUVLayer:
     return new
 
 
-def tuvify(model: nn.Module, use_T: bool = True, use_V: bool = True) -> nn.Module:
+def tuvify(model: nn.Module, use_T: bool = True, use_V: bool = True, use_mask: bool = False) -> nn.Module:
     """Replace every nn.Linear / nn.Conv2d in ``model`` (in place) by its TUV form with U = old weight.
 
-    T and V start at the identity, so the model's outputs are unchanged. Returns ``model``.
+    T and V start at the identity, so the model's outputs are unchanged. ``use_mask`` adds MT-net mask
+    logits (they only act in the inner loop). Returns ``model``.
     """
     if isinstance(model, nn.Linear | nn.Conv2d):
-        return _convert(model, use_T, use_V)
+        return _convert(model, use_T, use_V, use_mask)
     for name, child in model.named_children():
         if isinstance(child, nn.Linear | nn.Conv2d):
-            setattr(model, name, _convert(child, use_T, use_V))
+            setattr(model, name, _convert(child, use_T, use_V, use_mask))
         else:
-            tuvify(child, use_T, use_V)
+            tuvify(child, use_T, use_V, use_mask)
     return model

@@ -1,0 +1,167 @@
+"""Inner-loop backends: the same per-task adaptation computed four ways, with identical meta-gradients.
+
+- ``func``, ``vectorize="loop"``: torch.func (functional_call + grad), one task after another;
+- ``func``, ``vectorize="vmap"``: the same task function under ``torch.func.vmap`` over tasks;
+- ``func``, ``vectorize="auto"``: vmap for meta-batches of more than one task (it measured faster than the loop
+  on GPU and, here, on 2 CPU cores as well), the loop for a single task;
+- ``higher``: ``higher.innerloop_ctx`` with an SGD over the fast parameters only;
+- ``learn2learn``: ``learn2learn.clone_module`` / ``update_module``, updating only the fast parameters.
+
+Every backend takes Δ from the same step rule, so MT-net masks, learned rates and curvature behave alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from metatuv.inner.sgd import Params, StepRule, adapt
+
+BACKENDS = ("func", "higher", "learn2learn")
+VECTORIZE = ("loop", "vmap", "auto")
+LossFn = Callable[[Tensor, Tensor], Tensor]
+# x_support (tasks, S, ...), y_support (tasks, S, ...), x_query (tasks, Q, ...), y_query (tasks, Q, ...)
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass
+class TaskProblem:
+    """What one task's inner loop needs: the network, the loss, which parameters adapt, the step rule.
+
+    ``make_rule(params, extra)`` builds the task's step rule from the meta parameters and that task's
+    slice of ``extras`` (e.g. the MT-net mask noise); ``steps``/``first_order`` as in ``adapt``.
+    """
+
+    model: nn.Module
+    loss: LossFn
+    fast_names: list[str]
+    steps: int
+    first_order: bool
+    make_rule: Callable[[Params, Any], StepRule]
+
+    def forward(self, params: Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, params, (x,))
+
+    def adapt(self, params: Params, xs: Tensor, ys: Tensor, extra: Any, steps: int | None = None) -> Params:
+        """All parameters, with the fast ones adapted on one task's support set (torch.func)."""
+        fast = {n: params[n] for n in self.fast_names}
+
+        def support_loss(f: Params) -> Tensor:
+            return self.loss(self.forward({**params, **f}, xs), ys)
+
+        steps = self.steps if steps is None else steps
+        rule = self.make_rule(params, extra)
+        return {**params, **adapt(support_loss, fast, steps, rule, self.first_order)}
+
+    def query_loss(self, params: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, extra: Any) -> Tensor:
+        return self.loss(self.forward(self.adapt(params, xs, ys, extra), xq), yq)
+
+
+def _index(extras: Any, i: int) -> Any:
+    return torch.utils._pytree.tree_map(lambda t: t[i], extras)
+
+
+def _func_loop(problem: TaskProblem, params: Params, batch: Batch, extras: Any) -> Tensor:
+    xs, ys, xq, yq = batch
+    return torch.stack(
+        [problem.query_loss(params, xs[i], ys[i], xq[i], yq[i], _index(extras, i)) for i in range(len(xs))]
+    )
+
+
+def _func_vmap(problem: TaskProblem, params: Params, batch: Batch, extras: Any) -> Tensor:
+    def task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, extra: Any) -> Tensor:
+        return problem.query_loss(params, xs, ys, xq, yq, extra)
+
+    return vmap(task)(*batch, extras)
+
+
+def _own_params(problem: TaskProblem, params: Params, backend: str) -> None:
+    own = dict(problem.model.named_parameters())
+    if any(params[n] is not p for n, p in own.items()):
+        raise ValueError(
+            f"inner backend {backend!r} adapts the model's own parameters; functional params are only "
+            "supported by backend='func'."
+        )
+
+
+def _higher(problem: TaskProblem, params: Params, batch: Batch, extras: Any) -> Tensor:
+    """higher.innerloop_ctx with SGD(lr=1) over the fast parameters; Δ enters through grad_callback.
+
+    First order keeps ``track_higher_grads=True`` and detaches the gradients in the callback: with
+    ``track_higher_grads=False`` higher detaches every adapted weight (higher/optim.py, step()), which drops
+    the meta-gradient to the initial U and to the rule's parameters instead of only the second-order term.
+    """
+    import higher
+
+    _own_params(problem, params, "higher")
+    model, fast_set = problem.model, set(problem.fast_names)
+    names = [n for n, _ in model.named_parameters()]
+    losses = []
+    for i in range(len(batch[0])):
+        xs, ys, xq, yq = (b[i] for b in batch)
+        rule = problem.make_rule(params, _index(extras, i))
+        opt = torch.optim.SGD([p for n, p in model.named_parameters() if n in fast_set], lr=1.0)
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=True) as (fmodel, diffopt):
+            for k in range(problem.steps):
+
+                def callback(all_grads, k=k, rule=rule):
+                    g = {n: gi for n, gi in zip(names, all_grads, strict=True) if n in fast_set}
+                    if problem.first_order:
+                        g = {n: gi.detach() for n, gi in g.items()}
+                    delta = rule(k, g)
+                    return [delta[n] if n in fast_set else gi for n, gi in zip(names, all_grads, strict=True)]
+
+                diffopt.step(problem.loss(fmodel(xs), ys), grad_callback=callback)
+            losses.append(problem.loss(fmodel(xq), yq))
+    return torch.stack(losses)
+
+
+def _import_learn2learn():
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        import learn2learn  # prints a gym notice on import
+    return learn2learn
+
+
+def _learn2learn(problem: TaskProblem, params: Params, batch: Batch, extras: Any) -> Tensor:
+    """learn2learn.clone_module per task, then update_module with −Δ on the fast parameters only."""
+    l2l = _import_learn2learn()
+    _own_params(problem, params, "learn2learn")
+    fast_names = problem.fast_names
+    losses = []
+    for i in range(len(batch[0])):
+        xs, ys, xq, yq = (b[i] for b in batch)
+        rule = problem.make_rule(params, _index(extras, i))
+        clone = l2l.clone_module(problem.model)
+        names = [n for n, _ in clone.named_parameters()]
+        for k in range(problem.steps):
+            cparams = dict(clone.named_parameters())
+            loss = problem.loss(clone(xs), ys)
+            grads = torch.autograd.grad(loss, [cparams[n] for n in fast_names], create_graph=not problem.first_order)
+            delta = rule(k, dict(zip(fast_names, grads, strict=True)))
+            l2l.update_module(clone, updates=[-delta[n] if n in delta else None for n in names])
+        losses.append(problem.loss(clone(xq), yq))
+    return torch.stack(losses)
+
+
+def task_losses(
+    problem: TaskProblem, params: Params, batch: Batch, extras: Any, backend: str = "func", vectorize: str = "auto"
+) -> Tensor:
+    """Query loss of every task after its inner loop, shape (tasks,), differentiable w.r.t. ``params``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown inner backend {backend!r}; choose one of {list(BACKENDS)} (inner.backend=...).")
+    if vectorize not in VECTORIZE:
+        raise ValueError(f"unknown vectorize={vectorize!r}; choose one of {list(VECTORIZE)} (inner.vectorize=...).")
+    if backend == "higher":
+        return _higher(problem, params, batch, extras)
+    if backend == "learn2learn":
+        return _learn2learn(problem, params, batch, extras)
+    if vectorize == "auto":  # vmap measured faster on CPU too (experiments/backends/README.md); loop for 1 task
+        vectorize = "vmap" if len(batch[0]) > 1 else "loop"
+    return (_func_vmap if vectorize == "vmap" else _func_loop)(problem, params, batch, extras)

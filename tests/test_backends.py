@@ -1,0 +1,97 @@
+"""The four inner-loop backends give the same meta-gradients (float64, ≤ 1e-10), for every preset."""
+
+import pytest
+import torch
+from conftest import random_factors
+from torch import nn
+
+from metatuv.meta import PRESETS, MetaLearner, cross_entropy, get_preset, mse
+from metatuv.nn import TUVLayer, conv4, mlp
+
+D = torch.float64
+PATHS = [("func", "loop"), ("func", "vmap"), ("higher", "loop"), ("learn2learn", "loop")]
+
+
+def build(preset_name: str, arch: str, steps: int, first_order: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    p = get_preset(preset_name)
+    if arch == "mlp":
+        model = mlp([2, 6, 5, 3], p.use_T, p.use_V, p.use_mask)
+        loss = mse
+        x = lambda t, n: torch.randn(t, n, 2)  # noqa: E731
+        y = lambda t, n: torch.randn(t, n, 3)  # noqa: E731
+    else:  # conv4 with primitive batch norm, 3-way
+        model = conv4(3, 1, 4, 16, "stride", p.use_T, p.use_V, p.use_mask)
+        loss = cross_entropy
+        x = lambda t, n: torch.randn(t, n, 1, 16, 16)  # noqa: E731
+        y = lambda t, n: torch.randint(0, 3, (t, n))  # noqa: E731
+    model = model.double()
+    for m in model.modules():
+        if isinstance(m, TUVLayer):
+            random_factors(m)
+            if m.mask_logit is not None:
+                with torch.no_grad():
+                    m.mask_logit.copy_(torch.randn_like(m.mask_logit))
+    learner = MetaLearner.from_preset(model, p, loss, lr=0.1, steps=steps, first_order=first_order)
+    tasks = 3
+    batch = (x(tasks, 6).double(), y(tasks, 6), x(tasks, 5).double(), y(tasks, 5))
+    batch = tuple(b.double() if b.is_floating_point() else b for b in batch)
+    extras = learner.sample_extras(tasks, torch.Generator().manual_seed(seed + 1))
+    return learner, batch, extras
+
+
+def meta_grads(learner, batch, extras, backend, vectorize):
+    learner.zero_grad(set_to_none=True)
+    learner.vectorize = vectorize
+    loss = learner.task_losses(batch, extras, backend=backend).mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
+
+
+def assert_all_paths_agree(learner, batch, extras):
+    ref_loss, ref = meta_grads(learner, batch, extras, *PATHS[0])
+    assert len(ref) == len(list(learner.parameters())), "every meta parameter must get a gradient"
+    for path in PATHS[1:]:
+        loss, grads = meta_grads(learner, batch, extras, *path)
+        assert abs(loss - ref_loss) <= 1e-10, path
+        assert grads.keys() == ref.keys(), path
+        for n in ref:
+            err = (grads[n] - ref[n]).abs().max().item()
+            assert err <= 1e-10, (path, n, err)
+    return ref
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["2nd", "1st"])
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("arch", ["mlp", "conv4"])
+@pytest.mark.parametrize("preset", ["maml", "tnet", "tuv", "mtnet"])
+def test_backends_agree(preset, arch, steps, first_order):
+    learner, batch, extras = build(preset, arch, steps, first_order)
+    grads = assert_all_paths_agree(learner, batch, extras)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"maml", "tnet", "tuv", "mtnet"}))
+def test_backends_agree_other_presets(preset):
+    learner, batch, extras = build(preset, "mlp", steps=2, first_order=False)
+    assert_all_paths_agree(learner, batch, extras)
+
+
+def test_chunked_backward_equals_whole_batch():
+    learner, batch, extras = build("mtuv", "conv4", steps=2, first_order=False)
+    grads = []
+    for chunk in (None, 1, 2):
+        learner.zero_grad(set_to_none=True)
+        learner.chunk_size = chunk
+        gen = torch.Generator().manual_seed(5)
+        learner.backward(batch, gen)
+        grads.append({n: p.grad.clone() for n, p in learner.named_parameters()})
+    for other in grads[1:]:
+        for n in grads[0]:
+            assert torch.allclose(other[n], grads[0][n], atol=1e-12, rtol=0), n
+
+
+def test_vmap_of_torch_fused_batch_norm_is_avoided():
+    """Our models hold no torch BatchNorm (its fused kernel has wrong 2nd-order grads under vmap, functorch#534)."""
+    model = conv4(5)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
