@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -15,70 +17,124 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from metatuv.data import Sinusoid
-from metatuv.meta import MetaLearner, evaluate, get_preset, meta_train, mse
+from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, load_splits
+from metatuv.inner.backends import Batch
+from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train, mse
+from metatuv.meta.presets import Preset
 from metatuv.metric import mask_fractions
-from metatuv.nn import mlp
+from metatuv.nn import conv4, mlp
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # conf/ at the repository root
 TEST_SEED_OFFSET = 1_000_003  # meta-test tasks come from a stream disjoint from the training one
+REGRESSION = ("sinusoid", "polynomial")
+
+
+@dataclass
+class Setup:
+    model: torch.nn.Module
+    loss: Callable
+    metric: Callable
+    metric_name: str
+    train: Iterator[Batch]
+    test: Callable[[], Iterator[Batch]]  # a fresh, identically seeded meta-test stream per call
+
+
+def build(cfg: DictConfig, preset: Preset) -> Setup:
+    """Benchmark, network and task streams from the config."""
+    b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
+    flags = (preset.use_T, preset.use_V, preset.use_mask)
+    if b.name in REGRESSION:
+        if b.name == "sinusoid":
+            bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
+        else:
+            bench = Polynomial(b.order, b.shots, b.queries, tuple(b.x_range))
+        model = mlp(list(b.arch.sizes), *flags)
+        return Setup(
+            model,
+            mse,
+            mse,
+            "MSE",
+            bench.batches(mb, seed, dev),
+            lambda: bench.batches(mb, seed + TEST_SEED_OFFSET, dev),
+        )
+    if b.name not in IMAGE_BENCHMARKS:
+        raise ValueError(f"unknown benchmark {b.name!r}; choose one of {[*REGRESSION, *IMAGE_BENCHMARKS]}.")
+    splits = load_splits(b.name, cfg.paths.data_root, b.get("protocol", "vinyals"), b.image_size, cfg.paths.cache_dir)
+    fs = FewShot(splits, b.ways, b.shots, b.queries, b.rotate_train, dev)
+    c, h, _ = fs.image_shape
+    model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags)
+    return Setup(
+        model,
+        cross_entropy,
+        accuracy,
+        "accuracy",
+        fs.batches("train", mb, seed),
+        lambda: fs.batches("test", mb, seed + TEST_SEED_OFFSET),
+    )
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Meta-train, then evaluate the result and the un-meta-trained initialization on the same test tasks."""
-    if cfg.benchmark.name != "sinusoid":
-        raise ValueError(f"benchmark={cfg.benchmark.name!r} is not available yet; use benchmark=sinusoid.")
     torch.manual_seed(cfg.seed)
     preset = get_preset(cfg.model.name)
-    b = cfg.benchmark
-    bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
-    model = mlp(list(b.arch.sizes), preset.use_T, preset.use_V, preset.use_mask).to(cfg.device)
+    setup = build(cfg, preset)
     i = cfg.inner
-
-    def make_learner(m: torch.nn.Module) -> MetaLearner:
-        return MetaLearner.from_preset(
-            m,
-            preset,
-            mse,
-            i.lr,
-            i.steps,
-            first_order=i.first_order,
-            mask_temperature=i.mask_temperature,
-            backend=i.backend,
-            vectorize=i.vectorize,
-            chunk_size=i.chunk_size,
-        ).to(cfg.device)
-
-    learner = make_learner(model)
+    learner = MetaLearner.from_preset(
+        setup.model.to(cfg.device),
+        preset,
+        setup.loss,
+        i.lr,
+        i.steps,
+        first_order=i.first_order,
+        mask_temperature=i.mask_temperature,
+        backend=i.backend,
+        vectorize=i.vectorize,
+        chunk_size=i.chunk_size,
+    ).to(cfg.device)
     baseline = copy.deepcopy(learner)
 
     start = time.perf_counter()
     history = meta_train(
-        learner,
-        bench.batches(cfg.outer.meta_batch, cfg.seed, cfg.device),
-        cfg.outer.steps,
-        cfg.outer.lr,
-        cfg.outer.clip,
-        cfg.progress,
-        seed=cfg.seed,
+        learner, setup.train, cfg.outer.steps, cfg.outer.lr, cfg.outer.clip, cfg.progress, seed=cfg.seed
     )
     train_s = time.perf_counter() - start
 
     def test(tested: MetaLearner) -> tuple[float, float]:
         seed = cfg.seed + TEST_SEED_OFFSET
-        stream = bench.batches(cfg.outer.meta_batch, seed, cfg.device)
-        return evaluate(tested, stream, cfg.eval.tasks, i.test_steps, mse, cfg.progress, seed)
+        return evaluate(tested, setup.test(), cfg.eval.tasks, i.test_steps, setup.metric, cfg.progress, seed)
 
-    results = {"preset": preset.name, "meta_steps": cfg.outer.steps, "train_seconds": round(train_s, 2)}
-    results["final_train_loss"] = sum(history[-100:]) / max(1, len(history[-100:]))
-    results["test_mse"], results["test_ci95"] = test(learner)
+    results = {
+        "benchmark": cfg.benchmark.name,
+        "preset": preset.name,
+        "metric": setup.metric_name,
+        "meta_steps": cfg.outer.steps,
+        "train_seconds": round(train_s, 2),
+        "final_train_loss": sum(history[-100:]) / max(1, len(history[-100:])),
+    }
+    results["test"], results["test_ci95"] = test(learner)
     if cfg.eval.baseline:
-        results["baseline_mse"], results["baseline_ci95"] = test(baseline)
+        results["baseline"], results["baseline_ci95"] = test(baseline)
     if preset.use_mask:
-        results["mask_fractions"] = mask_fractions(model)
+        results["mask_fractions"] = mask_fractions(setup.model)
     torch.save(learner.state_dict(), out_dir / "model.pt")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def summary(cfg: DictConfig, r: dict) -> str:
+    b, n, steps = cfg.benchmark, cfg.eval.tasks, cfg.inner.test_steps
+    task = f"{b.ways}-way {b.shots}-shot" if "ways" in b else f"{b.shots}-shot"
+    pct = 100.0 if r["metric"] == "accuracy" else 1.0
+    unit = "%" if r["metric"] == "accuracy" else ""
+    lines = [f"meta-test {r['metric']} over {n} tasks ({b.name} {task}, {steps} inner steps, 95% CI):"]
+    trained = f"{r['preset']}, meta-trained {r['meta_steps']} steps"
+    lines.append(f"  {trained:<36} {pct * r['test']:.4f}{unit} ± {pct * r['test_ci95']:.4f}{unit}")
+    if "baseline" in r:
+        lines.append(
+            f"  {'same net, un-meta-trained (baseline)':<36} {pct * r['baseline']:.4f}{unit} ± "
+            f"{pct * r['baseline_ci95']:.4f}{unit}"
+        )
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -86,14 +142,9 @@ def _hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     print(OmegaConf.to_yaml(cfg), flush=True)
     r = run(cfg, out_dir)
-    k, n, steps = cfg.benchmark.shots, cfg.eval.tasks, cfg.inner.test_steps
-    print(f"\nmeta-test MSE over {n} tasks ({k}-shot, {steps} inner steps, 95% CI):")
-    trained = f"{r['preset']}, meta-trained {r['meta_steps']} steps"
-    print(f"  {trained:<36} {r['test_mse']:.4f} ± {r['test_ci95']:.4f}")
-    if "baseline_mse" in r:
-        print(f"  {'same net, un-meta-trained (baseline)':<36} {r['baseline_mse']:.4f} ± {r['baseline_ci95']:.4f}")
+    print("\n" + summary(cfg, r))
     print(f"outputs in {out_dir}")
-    return r["test_mse"]
+    return r["test"]
 
 
 def main() -> None:

@@ -19,3 +19,29 @@ def random_factors(layer, scale: float = 0.3) -> None:
             f = getattr(layer, name)
             if f is not None:
                 f.add_(scale * torch.randn_like(f))
+
+
+def _data_root():
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("METATUV_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """The real datasets (../shared/data by default, METATUV_DATA_ROOT to override). Missing data skips the
+    test locally and fails it in CI (METATUV_REQUIRE_DATA=1)."""
+    import os
+
+    root = _data_root()
+    if not (root / "omniglot").is_dir():
+        if os.environ.get("METATUV_REQUIRE_DATA") == "1":
+            pytest.fail(f"data tests need {root / 'omniglot'} (METATUV_REQUIRE_DATA=1)")
+        pytest.skip(f"no data under {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")

@@ -24,11 +24,11 @@ def small(cfg_overrides=()):
 def test_run_every_preset(tmp_path, preset):
     results = run(small([f"model={preset}"]), tmp_path)
     assert results["preset"] == preset and results["meta_steps"] == 20
-    assert results["test_mse"] > 0 and results["baseline_mse"] > 0
+    assert results["test"] > 0 and results["baseline"] > 0
     assert (tmp_path / "model.pt").exists()
     if preset in ("mtnet", "mtuv"):
         assert set(results["mask_fractions"]) == {"0", "2", "4"}
-    assert json.loads((tmp_path / "results.json").read_text())["test_mse"] == results["test_mse"]
+    assert json.loads((tmp_path / "results.json").read_text())["test"] == results["test"]
 
 
 def test_default_config_is_sinusoid_10_shot_tuv():
@@ -55,4 +55,41 @@ def test_console_script_end_to_end(tmp_path):
 @pytest.mark.parametrize("backend", ["higher", "learn2learn"])
 def test_run_with_other_backends(tmp_path, backend):
     results = run(small([f"inner.backend={backend}", "model=mtuv", "inner.chunk_size=2"]), tmp_path)
-    assert results["test_mse"] > 0
+    assert results["test"] > 0
+
+
+def test_run_polynomial(tmp_path):
+    results = run(small(["benchmark=polynomial", "benchmark.order=2", "model=mtnet"]), tmp_path)
+    assert results["benchmark"] == "polynomial" and results["metric"] == "MSE" and results["test"] > 0
+
+
+@pytest.mark.data
+def test_run_omniglot_prints_accuracy(tmp_path, data_root, cache_dir):
+    cfg = small(
+        [
+            "benchmark=omniglot",
+            f"paths.data_root={data_root}",
+            f"paths.cache_dir={cache_dir}",
+            "outer.meta_batch=2",
+            "outer.steps=3",
+            "eval.tasks=4",
+            "benchmark.arch.hidden=8",
+        ]
+    )
+    assert cfg.inner.lr == 0.4 and cfg.inner.test_steps == 3  # the benchmark's own defaults
+    results = run(cfg, tmp_path)
+    assert results["metric"] == "accuracy" and 0 <= results["test"] <= 1
+    from metatuv.train import summary
+
+    assert "meta-test accuracy over 4 tasks (omniglot 5-way 1-shot" in summary(cfg, results)
+
+
+def test_missing_data_root_fails_with_one_clear_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data root /nonexistent/x does not exist; set paths.data_root"):
+        run(small(["benchmark=omniglot", "paths.data_root=/nonexistent/x"]), tmp_path)
+
+
+def test_every_benchmark_config_composes():
+    for name in ("sinusoid", "polynomial", "omniglot", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100"):
+        cfg = small([f"benchmark={name}"])
+        assert cfg.benchmark.name == name

@@ -1,0 +1,222 @@
+"""Loaders on small fake datasets written in the exact on-disk formats, the Taskset adapter, bad input."""
+
+import csv
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metatuv.data import ClassImages, EpisodeSampler, FewShot, Polynomial, load_splits, taskset_batches
+from metatuv.data.imagenet_like import l2l_splits, mini_imagenet_splits
+from metatuv.inner.backends import _import_learn2learn
+
+SPLITS = ("train", "val", "test")
+
+
+def png_bytes(rng, size, mode="RGB"):
+    arr = rng.integers(0, 256, (size, size, 3) if mode == "RGB" else (size, size), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_mini_csv(root, classes=3, per_class=6, size=100):
+    """The Ravi & Larochelle layout: <split>.csv 'filename,label' (as ../shared/data/mini-imagenet-splits) + images/."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for s, split in enumerate(SPLITS):
+        with (root / f"{split}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["filename", "label"])
+            for c in range(classes):
+                wnid = f"n0{s}{c:07d}"
+                for i in range(per_class):
+                    name = f"{wnid}{i + 1:08d}.jpg"
+                    arr = rng.integers(0, 256, (size, size + 10, 3), dtype=np.uint8)
+                    Image.fromarray(arr).save(root / "images" / name, quality=90)
+                    w.writerow([name, wnid])
+
+
+def test_real_split_csv_format_matches_the_fake(data_root):
+    head = (data_root / "mini-imagenet-splits" / "train.csv").read_text().splitlines()[:2]
+    assert head[0] == "filename,label" and head[1] == "n0153282900000005.jpg,n01532829"
+
+
+def test_mini_imagenet_csv_layout(tmp_path):
+    write_mini_csv(tmp_path / "mini-imagenet")
+    splits = load_splits("mini-imagenet", tmp_path, cache_dir=tmp_path / "cache")
+    for s in SPLITS:
+        assert splits[s].images.shape == (18, 3, 84, 84) and splits[s].counts.tolist() == [6, 6, 6]
+    assert splits["train"].names[0] == "n000000000"
+    fs = FewShot(splits, ways=3, shots=2, queries=3)
+    xs, ys, xq, yq = next(fs.batches("train", 2, seed=0))
+    assert xs.shape == (2, 6, 3, 84, 84) and yq.shape == (2, 9)
+    again = load_splits("mini-imagenet", tmp_path, cache_dir=tmp_path / "cache")  # from the cache
+    assert torch.equal(again["val"].images, splits["val"].images)
+
+
+def test_mini_imagenet_missing_image_names_the_file(tmp_path):
+    write_mini_csv(tmp_path / "mini-imagenet")
+    victim = sorted((tmp_path / "mini-imagenet" / "images").iterdir())[3]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        mini_imagenet_splits(tmp_path / "mini-imagenet", cache_dir=tmp_path / "cache")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    write_mini_csv(tmp_path / "mini-imagenet")
+    victim = sorted((tmp_path / "mini-imagenet" / "images").iterdir())[5]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=f"cannot read image .*{victim.name}"):
+        mini_imagenet_splits(tmp_path / "mini-imagenet", cache_dir=tmp_path / "cache")
+
+
+def test_mini_imagenet_learn2learn_pickle(tmp_path):
+    root = tmp_path / "mini-imagenet"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for mode in ("train", "validation", "test"):
+        data = rng.integers(0, 256, (12, 84, 84, 3), dtype=np.uint8)
+        order = rng.permutation(12)  # rows of a class need not be contiguous in the pickle
+        class_dict = {f"{mode}_a": order[:5].tolist(), f"{mode}_b": order[5:].tolist()}
+        with (root / f"mini-imagenet-cache-{mode}.pkl").open("wb") as f:
+            pickle.dump({"image_data": data, "class_dict": class_dict}, f)
+    splits = mini_imagenet_splits(root, cache_dir=tmp_path / "cache")
+    assert splits["val"].counts.tolist() == [5, 7] and splits["val"].names == ["validation_a", "validation_b"]
+    row = int(min(order[:5]))  # classes in class_dict order, rows within a class ascending
+    first = torch.from_numpy(data[row]).permute(2, 0, 1)
+    assert torch.equal(splits["test"].images[0], first)
+    # learn2learn reads the same file to the same images and labels
+    l2l = _import_learn2learn()
+    ds = l2l.vision.datasets.MiniImagenet(str(root), mode="test")
+    assert torch.equal(ds[row][0].to(torch.uint8), first)
+
+
+def test_tiered_imagenet_through_learn2learn(tmp_path):
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "tiered-imagenet"
+    folder.mkdir()
+    for split in SPLITS:
+        labels = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+        with (folder / f"{split}_images_png.pkl").open("wb") as f:
+            pickle.dump([png_bytes(rng, 84) for _ in labels], f)
+        with (folder / f"{split}_labels.pkl").open("wb") as f:
+            pickle.dump({"label_specific": np.array(labels), "label_general": np.zeros(10)}, f)
+    splits = l2l_splits("tiered-imagenet", tmp_path, cache_dir=tmp_path / "cache")
+    assert splits["train"].counts.tolist() == [3, 4, 3] and splits["train"].images.shape == (10, 3, 84, 84)
+    xs, *_ = EpisodeSampler(splits["test"], ways=3, shots=1, queries=2).sample(2, torch.Generator().manual_seed(0))
+    assert xs.shape == (2, 3, 3, 84, 84)
+
+
+def test_fc100_through_learn2learn(tmp_path):
+    rng = np.random.default_rng(3)
+    for split in SPLITS:
+        with (tmp_path / f"FC100_{split}.pickle").open("wb") as f:
+            pickle.dump(
+                {"data": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), "labels": [5, 5, 5, 5, 9, 9, 9, 9]}, f
+            )
+    splits = load_splits("fc100", tmp_path, cache_dir=tmp_path / "cache")
+    assert splits["val"].counts.tolist() == [4, 4] and splits["val"].images.shape == (8, 3, 32, 32)
+
+
+def test_cifar_fs_through_learn2learn(tmp_path):
+    rng = np.random.default_rng(4)
+    base = tmp_path / "cifarfs" / "cifar100"
+    (base / "splits" / "bertinetto").mkdir(parents=True)
+    for s, split in enumerate(SPLITS):
+        names = [f"class_{s}_{c}" for c in range(2)]
+        (base / "splits" / "bertinetto" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            (base / "data" / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    base / "data" / name / f"{i}.png"
+                )
+    splits = load_splits("cifar-fs", tmp_path, cache_dir=tmp_path / "cache")
+    assert splits["test"].counts.tolist() == [3, 3] and splits["test"].images.shape == (6, 3, 32, 32)
+
+
+def test_learn2learn_taskset_adapter():
+    l2l = _import_learn2learn()
+    x = torch.arange(10 * 6, dtype=torch.float32).view(60, 1).repeat(1, 4)
+    y = torch.arange(10).repeat_interleave(6)
+    dataset = l2l.data.MetaDataset(torch.utils.data.TensorDataset(x, y))
+    transforms = [
+        l2l.data.transforms.NWays(dataset, 3),
+        l2l.data.transforms.KShots(dataset, 2 + 3),
+        l2l.data.transforms.LoadData(dataset),
+        l2l.data.transforms.RemapLabels(dataset),
+    ]
+    taskset = l2l.data.Taskset(dataset, transforms, num_tasks=50)
+    xs, ys, xq, yq = next(taskset_batches(taskset, tasks=4, ways=3, shots=2, queries=3))
+    assert xs.shape == (4, 6, 4) and ys.shape == (4, 6) and xq.shape == (4, 9, 4) and yq.shape == (4, 9)
+    for t in range(4):
+        for c in range(3):  # support and query of one label come from one original class (x // 6)
+            orig = torch.cat([xs[t][ys[t] == c][:, 0], xq[t][yq[t] == c][:, 0]]) // 6
+            assert len(orig.unique()) == 1
+    with pytest.raises(ValueError, match="fewer than shots \\+ queries = 6"):
+        next(taskset_batches(taskset, tasks=1, ways=3, shots=3, queries=3))
+
+
+def test_missing_data_root_and_incomplete_omniglot(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"data root {tmp_path / 'nope'} does not exist"):
+        load_splits("omniglot", tmp_path / "nope")
+    (tmp_path / "omniglot").mkdir()
+    (tmp_path / "omniglot" / "images_background.zip").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="images_evaluation.zip .*brendenlake/omniglot"):
+        load_splits("omniglot", tmp_path)
+
+
+def test_unreadable_omniglot_png_names_the_file(tmp_path):
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for part in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(root / f"{part}.zip", "w") as z:
+            z.writestr(f"{part}/Alpha/character01/0001_01.png", png_bytes(rng, 105, "L"))
+            z.writestr(f"{part}/Alpha/character01/0001_02.png", b"\x89PNG broken")
+    with pytest.raises(ValueError, match="cannot read image .*images_background.zip:Alpha/character01/0001_02.png"):
+        load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_incomplete_omniglot_counts_fail(tmp_path):
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for part in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(root / f"{part}.zip", "w") as z:
+            z.writestr(f"{part}/Alpha/character01/0001_01.png", png_bytes(rng, 105, "L"))
+    with pytest.raises(ValueError, match="incomplete: 1 characters \\(expected 964\\)"):
+        load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_sampler_ragged_classes_never_pick_padding():
+    counts = torch.tensor([3, 7, 4])
+    images = torch.cat([torch.full((n, 1, 2, 2), c, dtype=torch.uint8) for c, n in enumerate(counts.tolist())])
+    sampler = EpisodeSampler(ClassImages(images, counts), ways=3, shots=1, queries=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        xs, ys, xq, yq = sampler.sample(5, gen)
+        for t in range(5):
+            for c in range(3):  # all images of one label carry the same class id
+                vals = torch.cat([xs[t][ys[t] == c], xq[t][yq[t] == c]]).mul(255).round().unique()
+                assert len(vals) == 1
+    rot = EpisodeSampler(ClassImages(images, counts), ways=3, shots=1, queries=2, rotate=True)
+    assert rot.sample(2, gen)[0].shape == (2, 3, 1, 2, 2)
+
+
+def test_polynomial_tasks():
+    gen = torch.Generator().manual_seed(0)
+    xs, ys, xq, yq = Polynomial(order=0, shots=5, queries=4).sample(3, gen)
+    assert torch.allclose(ys, ys[:, :1].expand_as(ys)) and torch.allclose(yq[:, 0], ys[:, 0])
+    assert ys.abs().max() <= 1 and xs.abs().max() <= 2
+    xs, ys, xq, yq = Polynomial(order=2, shots=30, queries=4).sample(2, gen)
+    for t in range(2):  # a quadratic fits the support exactly, with |c_i| <= 1/2^i
+        X = torch.cat([xs[t] ** 0, xs[t], xs[t] ** 2], 1).double()
+        c = torch.linalg.lstsq(X, ys[t].double()).solution.flatten()
+        assert torch.allclose(X @ c, ys[t].double().flatten(), atol=1e-5)
+        assert (c.abs() <= torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64) + 1e-5).all()
