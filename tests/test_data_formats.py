@@ -171,25 +171,26 @@ def test_missing_data_root_and_incomplete_omniglot(tmp_path):
         load_splits("omniglot", tmp_path)
 
 
-def test_unreadable_omniglot_png_names_the_file(tmp_path):
+def fake_omniglot(tmp_path, broken: bool) -> None:
+    """Both official zips with one character: one good drawing (and one corrupt one if ``broken``)."""
     root = tmp_path / "omniglot"
     root.mkdir()
     rng = np.random.default_rng(0)
     for part in ("images_background", "images_evaluation"):
         with zipfile.ZipFile(root / f"{part}.zip", "w") as z:
             z.writestr(f"{part}/Alpha/character01/0001_01.png", png_bytes(rng, 105, "L"))
-            z.writestr(f"{part}/Alpha/character01/0001_02.png", b"\x89PNG broken")
+            if broken:
+                z.writestr(f"{part}/Alpha/character01/0001_02.png", b"\x89PNG broken")
+
+
+def test_unreadable_omniglot_png_names_the_file(tmp_path):
+    fake_omniglot(tmp_path, broken=True)
     with pytest.raises(ValueError, match="cannot read image .*images_background.zip:Alpha/character01/0001_02.png"):
         load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
 
 
 def test_incomplete_omniglot_counts_fail(tmp_path):
-    root = tmp_path / "omniglot"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for part in ("images_background", "images_evaluation"):
-        with zipfile.ZipFile(root / f"{part}.zip", "w") as z:
-            z.writestr(f"{part}/Alpha/character01/0001_01.png", png_bytes(rng, 105, "L"))
+    fake_omniglot(tmp_path, broken=False)
     with pytest.raises(ValueError, match="incomplete: 1 characters \\(expected 964\\)"):
         load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from metatuv.data.regression import RegressionTasks
 from metatuv.inner.backends import Batch
 
 
 @dataclass(frozen=True)
-class Polynomial:
+class Polynomial(RegressionTasks):
     """K-shot polynomial tasks of a fixed ``order`` (0, 1 or 2 in the paper)."""
 
     order: int = 1
@@ -35,10 +35,3 @@ class Polynomial:
         x = lo + (hi - lo) * torch.rand(tasks, self.shots + self.queries, 1, generator=generator, **f)
         y = (coef * x ** torch.arange(self.order + 1, **f)).sum(-1, keepdim=True)
         return x[:, : self.shots], y[:, : self.shots], x[:, self.shots :], y[:, self.shots :]
-
-    def batches(
-        self, tasks: int, seed: int, device: str | torch.device = "cpu", dtype=torch.float32
-    ) -> Iterator[Batch]:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        while True:
-            yield self.sample(tasks, generator, device, dtype)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from metatuv.data.regression import RegressionTasks
 from metatuv.inner.backends import Batch
 
 
 @dataclass(frozen=True)
-class Sinusoid:
+class Sinusoid(RegressionTasks):
     """K-shot sinusoid tasks: ``shots`` support and ``queries`` query points per task."""
 
     shots: int = 10
@@ -38,11 +38,3 @@ class Sinusoid:
         x = u(self.x_range, tasks, self.shots + self.queries, 1)
         y = amp * torch.sin(x - phase)
         return x[:, : self.shots], y[:, : self.shots], x[:, self.shots :], y[:, self.shots :]
-
-    def batches(
-        self, tasks: int, seed: int, device: str | torch.device = "cpu", dtype=torch.float32
-    ) -> Iterator[Batch]:
-        """Endless stream of meta-batches, reproducible from ``seed``."""
-        generator = torch.Generator(device=device).manual_seed(seed)
-        while True:
-            yield self.sample(tasks, generator, device, dtype)
