@@ -42,6 +42,7 @@ class Setup:
 def build(cfg: DictConfig, preset: Preset) -> Setup:
     """Benchmark, network and task streams from the config."""
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
+    eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
     if b.name in REGRESSION:
         if b.name == "sinusoid":
@@ -55,12 +56,19 @@ def build(cfg: DictConfig, preset: Preset) -> Setup:
             mse,
             "MSE",
             bench.batches(mb, seed, dev),
-            lambda: bench.batches(mb, seed + TEST_SEED_OFFSET, dev),
+            lambda: bench.batches(eb, test_seed, dev),
         )
     if b.name not in IMAGE_BENCHMARKS:
         raise ValueError(f"unknown benchmark {b.name!r}; choose one of {[*REGRESSION, *IMAGE_BENCHMARKS]}.")
-    splits = load_splits(b.name, cfg.paths.data_root, b.get("protocol", "vinyals"), b.image_size, cfg.paths.cache_dir)
-    fs = FewShot(splits, b.ways, b.shots, b.queries, b.rotate_train, dev)
+    protocol = b.get("protocol", "vinyals")
+    if b.name == "omniglot" and protocol == "vinyals" and b.rotate != "none":
+        raise ValueError(
+            f"benchmark.rotate={b.rotate} with protocol=vinyals would alias classes (its split lists already hold "
+            "every rotation as a class); use benchmark.rotate=none, or benchmark.protocol=maml."
+        )
+    splits = load_splits(b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir)
+    used = {k: splits[k] for k in ("train", "test")}  # only these are sampled (and checked against ways/shots)
+    fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
     c, h, _ = fs.image_shape
     model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags)
     return Setup(
@@ -69,7 +77,7 @@ def build(cfg: DictConfig, preset: Preset) -> Setup:
         accuracy,
         "accuracy",
         fs.batches("train", mb, seed),
-        lambda: fs.batches("test", mb, seed + TEST_SEED_OFFSET),
+        lambda: fs.batches("test", eb, test_seed),
     )
 
 

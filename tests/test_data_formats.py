@@ -24,7 +24,7 @@ def png_bytes(rng, size, mode="RGB"):
     return buf.getvalue()
 
 
-def write_mini_csv(root, classes=3, per_class=6, size=100):
+def write_mini_csv(root, classes=3, per_class=6, size=100):  # noqa: D103
     """The Ravi & Larochelle layout: <split>.csv 'filename,label' (as ../shared/data/mini-imagenet-splits) + images/."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
@@ -221,3 +221,35 @@ def test_polynomial_tasks():
         c = torch.linalg.lstsq(X, ys[t].double()).solution.flatten()
         assert torch.allclose(X @ c, ys[t].double().flatten(), atol=1e-5)
         assert (c.abs() <= torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64) + 1e-5).all()
+
+
+def test_mini_imagenet_pickle_rows_must_partition(tmp_path):
+    root = tmp_path / "mini-imagenet"
+    root.mkdir()
+    data = np.zeros((4, 84, 84, 3), dtype=np.uint8)
+    for mode in ("train", "validation", "test"):
+        with (root / f"mini-imagenet-cache-{mode}.pkl").open("wb") as f:
+            pickle.dump({"image_data": data, "class_dict": {"a": [0, 1], "b": [1, 2]}}, f)
+    with pytest.raises(ValueError, match="exactly one class; it lists 4 rows \\(3 distinct\\)"):
+        mini_imagenet_splits(root, cache_dir=tmp_path / "cache")
+
+
+def test_image_size_mismatch_and_unwritable_cache(tmp_path):
+    rng = np.random.default_rng(3)
+    for split in SPLITS:
+        with (tmp_path / f"FC100_{split}.pickle").open("wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), "labels": [1, 1, 2, 2]}, f)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="benchmark.image_size=84, but fc100 is stored at 32×32"):
+        load_splits("fc100", tmp_path, image_size=84, cache_dir=blocker)  # the cache cannot be written: not fatal
+    assert load_splits("fc100", tmp_path, image_size=32, cache_dir=blocker)["train"].num_classes == 2
+
+
+def test_cache_sees_changes_inside_image_folders(tmp_path):
+    write_mini_csv(tmp_path / "mini-imagenet", classes=2, per_class=3)
+    first = mini_imagenet_splits(tmp_path / "mini-imagenet", cache_dir=tmp_path / "cache")["train"].images.clone()
+    victim = sorted((tmp_path / "mini-imagenet" / "images").iterdir())[0]  # the first image of train's class 0
+    Image.fromarray(np.zeros((100, 110, 3), dtype=np.uint8)).save(victim)
+    again = mini_imagenet_splits(tmp_path / "mini-imagenet", cache_dir=tmp_path / "cache")["train"].images
+    assert not torch.equal(first, again) and again[0].sum() == 0

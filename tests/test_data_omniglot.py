@@ -96,3 +96,15 @@ def test_omniglot_5way_1shot_smoke_training_beats_chance(data_root, cache_dir):
     print(f"\nomniglot 5w1s tuv, 150 meta-steps: test accuracy {acc:.3f} ± {ci:.3f}")
     print(f"meta-loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     assert acc - ci > 0.4  # chance is 0.2
+
+
+def test_vinyals_bad_line_names_file_and_line(data_root, tmp_path, cache_dir):
+    root = tmp_path / "omniglot"
+    (root / "splits" / "vinyals").mkdir(parents=True)
+    for part in ("images_background.zip", "images_evaluation.zip"):
+        (root / part).symlink_to(data_root / "omniglot" / part)
+    for split in ("train", "val", "test"):
+        (root / "splits" / "vinyals" / f"{split}.txt").write_text("Angelic/character01/rot000\n")
+    (root / "splits" / "vinyals" / "val.txt").write_text("Angelic/character01/rot000\n\nAngelic/character01/rot045\n")
+    with pytest.raises(ValueError, match="val.txt:3: 'Angelic/character01/rot045' names no Omniglot"):
+        omniglot_splits(root, "vinyals", 28, cache_dir)

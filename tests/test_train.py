@@ -93,3 +93,14 @@ def test_every_benchmark_config_composes():
     for name in ("sinusoid", "polynomial", "omniglot", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100"):
         cfg = small([f"benchmark={name}"])
         assert cfg.benchmark.name == name
+
+
+def test_test_tasks_do_not_depend_on_meta_batch(tmp_path):
+    a = run(small(["outer.steps=0", "outer.meta_batch=4"]), tmp_path)
+    b = run(small(["outer.steps=0", "outer.meta_batch=3"]), tmp_path)
+    assert a["test"] == b["test"]
+
+
+def test_vinyals_with_rotation_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="benchmark.rotate=all with protocol=vinyals would alias classes"):
+        run(small(["benchmark=omniglot", "benchmark.rotate=all"]), tmp_path)

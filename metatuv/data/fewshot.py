@@ -17,7 +17,17 @@ def load_splits(
     name: str, data_root: str | Path, protocol: str = "vinyals", image_size: int | None = None, cache_dir=None
 ) -> dict[str, ClassImages]:
     """Load a benchmark's train/val/test splits from ``data_root`` (the folder holding omniglot/, mini-imagenet/, …)."""
-    root = Path(data_root).expanduser()
+    splits = _load(name, Path(data_root).expanduser(), protocol, image_size, cache_dir)
+    size = next(iter(splits.values())).images.shape[-1]
+    if image_size is not None and size != image_size:
+        raise ValueError(
+            f"benchmark.image_size={image_size}, but {name} is stored at {size}×{size} and is not resized; "
+            f"set benchmark.image_size={size}."
+        )
+    return splits
+
+
+def _load(name: str, root: Path, protocol: str, image_size: int | None, cache_dir) -> dict[str, ClassImages]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"data root {root} does not exist; set paths.data_root=... (or METATUV_DATA_ROOT) to the folder that "
@@ -39,7 +49,11 @@ def load_splits(
 
 
 class FewShot:
-    """N-way K-shot Q-query episodes for each split; ``rotate_train`` turns training classes by random 90° steps."""
+    """N-way K-shot Q-query episodes for each given split (each checked at construction).
+
+    ``rotate``: ``"none"``, ``"train"`` (turn training classes by random multiples of 90° per episode) or ``"all"``
+    (every split, as Finn et al.'s Omniglot data generator does).
+    """
 
     def __init__(
         self,
@@ -47,11 +61,20 @@ class FewShot:
         ways: int,
         shots: int,
         queries: int,
-        rotate_train: bool = False,
+        rotate: str = "none",
         device: str | torch.device = "cpu",
     ) -> None:
+        if rotate not in ("none", "train", "all"):
+            raise ValueError(f"rotate={rotate!r}; use 'none', 'train' or 'all'.")
         self.samplers = {
-            split: EpisodeSampler(data.to(device), ways, shots, queries, rotate_train and split == "train", split)
+            split: EpisodeSampler(
+                data.to(device),
+                ways,
+                shots,
+                queries,
+                rotate == "all" or (rotate == "train" and split == "train"),
+                split,
+            )
             for split, data in splits.items()
         }
 

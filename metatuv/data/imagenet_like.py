@@ -76,9 +76,15 @@ def _mini_pickle(path: Path) -> ClassImages:
     with path.open("rb") as f:
         blob = pickle.load(f)
     data, class_dict = blob["image_data"], blob["class_dict"]
+    rows = sorted(int(r) for rs in class_dict.values() for r in rs)
+    if rows != list(range(len(data))):
+        raise ValueError(
+            f"{path}: class_dict must assign every row of image_data (0..{len(data) - 1}) to exactly one class; "
+            f"it lists {len(rows)} rows ({len(set(rows))} distinct). Re-create the file."
+        )
     labels = np.empty(len(data), dtype=object)
-    for name, rows in class_dict.items():
-        labels[list(rows)] = name
+    for name, rs in class_dict.items():
+        labels[list(rs)] = name
     order = np.argsort([list(class_dict).index(lbl) for lbl in labels], kind="stable")
     return _group([labels[i] for i in order], (data[i] for i in order))
 
@@ -90,7 +96,12 @@ def mini_imagenet_splits(root: str | Path, image_size: int = 84, cache_dir=None)
     pickles = [root / f"mini-imagenet-cache-{m}.pkl" for m in ("train", "validation", "test")]
     if all(p.is_file() for p in csvs) and (root / "images").is_dir():
         return {
-            s: _cached(f"mini-imagenet-{s}-{image_size}", [p], cache_dir, lambda s=s: _mini_csv(root, s, image_size))
+            s: _cached(
+                f"mini-imagenet-{s}-{image_size}",
+                [p, root / "images"],
+                cache_dir,
+                lambda s=s: _mini_csv(root, s, image_size),
+            )
             for s, p in zip(SPLITS, csvs, strict=True)
         }
     if all(p.is_file() for p in pickles):

@@ -41,14 +41,27 @@ def load_cached(path: Path, signature: dict) -> dict | None:
 
 def save_cached(path: Path, blob: dict) -> None:
     """Atomic write (temp file + rename); a cache that cannot be written is skipped, never fatal."""
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
         torch.save(blob, tmp)
         os.replace(tmp, path)
-    except OSError:
-        pass
+    except Exception as e:  # torch.save reports a full disk as RuntimeError
+        print(f"note: could not write the cache {path} ({e}); the next start decodes again.")
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def file_signature(paths: list[Path]) -> dict:
-    return {str(p): [p.stat().st_size, int(p.stat().st_mtime)] for p in paths if p.exists()}
+    """Size and time of each file; for a folder, the count, total size and newest time of the files in it."""
+    sig = {}
+    for p in paths:
+        if p.is_dir():
+            stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+            sig[str(p)] = [len(stats), sum(s.st_size for s in stats), max((int(s.st_mtime) for s in stats), default=0)]
+        elif p.exists():
+            sig[str(p)] = [p.stat().st_size, int(p.stat().st_mtime)]
+    return sig

@@ -108,14 +108,17 @@ def _vinyals(root: Path, images: torch.Tensor, names: list[str]) -> dict[str, Cl
                 f"Omniglot vinyals split list {path} not found; it comes from the Prototypical Networks repository "
                 "(data/omniglot/splits/vinyals/{train,val,test}.txt); or use benchmark.protocol=maml."
             )
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        numbered = [(i, line.strip()) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        lines = [line for _, line in numbered]
+        if len(set(lines)) != len(lines):
+            raise ValueError(f"{path}: {len(lines) - len(set(lines))} duplicate lines; each class must appear once.")
         classes = []
-        for line in lines:
-            char, rot = line.rsplit("/", 1)
-            if char not in index or not rot.startswith("rot"):
+        for number, line in numbered:
+            char, _, rot = line.rpartition("/")
+            if char not in index or rot not in ("rot000", "rot090", "rot180", "rot270"):
                 raise ValueError(
-                    f"{path}: line {line!r} names no Omniglot character/rotation "
-                    "(expected Alphabet/characterNN/rotDDD)."
+                    f"{path}:{number}: {line!r} names no Omniglot character/rotation "
+                    "(expected Alphabet/characterNN/rot000|rot090|rot180|rot270)."
                 )
             classes.append(torch.rot90(images[index[char]], int(rot[3:]) // 90, dims=(-2, -1)))
         splits[split] = ClassImages.from_grouped(torch.stack(classes), lines)

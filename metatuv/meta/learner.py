@@ -21,6 +21,16 @@ from metatuv.meta.rule import InnerRule
 from metatuv.nn import fast_names
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+INNER_SEED_OFFSET = 0x5EED  # the inner loop's randomness (MT-net masks) never shares a seed with the task stream
+
+
+def _next(batches: Iterator[Batch], done: int) -> Batch:
+    try:
+        return next(batches)
+    except StopIteration:
+        raise ValueError(
+            f"the task stream ended after {done} meta-batches; pass an endless iterator (e.g. .batches())."
+        ) from None
 
 
 def mse(pred: Tensor, y: Tensor) -> Tensor:
@@ -156,12 +166,12 @@ def meta_train(
     if optimizer is None:
         optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
     device = next(learner.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed + INNER_SEED_OFFSET)
     history: list[Tensor] = []
     bar = tqdm(range(steps), desc="meta-train", disable=not progress, mininterval=0.5)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
-        history.append(learner.backward(next(batches), generator))
+        history.append(learner.backward(_next(batches, step), generator))
         if clip is not None:
             nn.utils.clip_grad_norm_(learner.parameters(), clip)
         optimizer.step()
@@ -193,12 +203,12 @@ def evaluate(
     """
     if tasks < 2:
         raise ValueError(f"evaluate: tasks={tasks} must be >= 2 for a confidence interval.")
-    generator = torch.Generator(device=next(learner.parameters()).device).manual_seed(seed)
+    generator = torch.Generator(device=next(learner.parameters()).device).manual_seed(seed + INNER_SEED_OFFSET)
     scores: list[Tensor] = []
     params = learner.params()
     with torch.no_grad(), tqdm(total=tasks, desc="evaluate", disable=not progress, mininterval=0.5) as bar:
         while len(scores) < tasks:
-            xs, ys, xq, yq = next(batches)
+            xs, ys, xq, yq = _next(batches, len(scores))
             extras = learner.sample_extras(len(xs), generator)
             for i in range(min(len(xs), tasks - len(scores))):
                 adapted = learner.adapt_task(params, xs[i], ys[i], steps, tree_map(lambda t, i=i: t[i], extras))

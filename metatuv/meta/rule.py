@@ -9,7 +9,8 @@
 - C_n: Meta-Curvature (Park & Oliva 2019): G ↦ M_o·G·M_i (and ×₃ M_f over the kernel taps of a conv),
   learned, initialized to the identity; applied to plain weights, unlike TUV's reparameterized TTᵀ·G·VᵀV.
 - α_{n,k}: the fixed inner lr, or learned: Meta-SGD (Li et al. 2017; one rate per parameter entry) or LSLR
-  (MAML++, Antoniou et al. 2019; one rate per parameter tensor and inner step).
+  (MAML++, Antoniou et al. 2019; one rate per parameter tensor and inner step; test-time steps beyond the
+  trained ones reuse the last trained step's rate).
 """
 
 from __future__ import annotations
