@@ -21,12 +21,13 @@ from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, load_s
 from metatuv.inner.backends import Batch
 from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train, mse
 from metatuv.meta.presets import Preset
-from metatuv.metric import mask_fractions
+from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.nn import conv4, mlp
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # conf/ at the repository root
 TEST_SEED_OFFSET = 1_000_003  # meta-test tasks come from a stream disjoint from the training one
 REGRESSION = ("sinusoid", "polynomial")
+STATS_SEED_OFFSET = 2_000_003  # tasks observed for T/V statistics come from their own stream
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Setup:
     metric_name: str
     train: Iterator[Batch]
     test: Callable[[], Iterator[Batch]]  # a fresh, identically seeded meta-test stream per call
+    observe: Iterator[Batch]  # training tasks for T/V statistics (metric=statistics*)
 
 
 def build(cfg: DictConfig, preset: Preset) -> Setup:
@@ -57,6 +59,7 @@ def build(cfg: DictConfig, preset: Preset) -> Setup:
             "MSE",
             bench.batches(mb, seed, dev),
             lambda: bench.batches(eb, test_seed, dev),
+            bench.batches(mb, seed + STATS_SEED_OFFSET, dev),
         )
     if b.name not in IMAGE_BENCHMARKS:
         raise ValueError(f"unknown benchmark {b.name!r}; choose one of {[*REGRESSION, *IMAGE_BENCHMARKS]}.")
@@ -78,7 +81,36 @@ def build(cfg: DictConfig, preset: Preset) -> Setup:
         "accuracy",
         fs.batches("train", mb, seed),
         lambda: fs.batches("test", eb, test_seed),
+        fs.batches("train", mb, seed + STATS_SEED_OFFSET),
     )
+
+
+def statistics_hook(cfg: DictConfig, setup: Setup, preset: Preset) -> Callable[[int], None] | None:
+    """metric=statistics*: estimate T, V (re-solving U) before step 0, and every ``every`` steps for ``statistics``."""
+    m = cfg.metric
+    if m.mode not in MODES:
+        raise ValueError(f"unknown metric mode {m.mode!r}; choose one of {list(MODES)} (metric=...).")
+    if m.mode == "learned":
+        return None
+    if not (preset.use_T or preset.use_V):
+        raise ValueError(f"metric={m.mode} needs a preset with T or V (tnet, mtnet, tuv, mtuv), not {preset.name}.")
+    if m.mode == "statistics":
+        if m.every < 1:
+            raise ValueError(f"metric.every={m.every} must be >= 1 for metric=statistics.")
+        for name, p in setup.model.named_parameters():  # estimated, not meta-learned
+            if name.endswith(".T") or name.endswith(".V"):
+                p.requires_grad_(False)
+    tracker = StatisticsTracker(setup.model, m.decay)
+
+    def hook(step: int) -> None:
+        if step == 0 or (m.mode == "statistics" and step % m.every == 0):
+            data = []
+            for _ in range(m.batches):
+                xs, ys, xq, yq = next(setup.observe)
+                data += [(torch.cat([xs[t], xq[t]]), torch.cat([ys[t], yq[t]])) for t in range(len(xs))]
+            reestimate(setup.model, setup.loss, data, m.damping, tracker, m.normalize)
+
+    return hook
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -102,8 +134,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     baseline = copy.deepcopy(learner)
 
     start = time.perf_counter()
+    on_step = statistics_hook(cfg, setup, preset)
     history = meta_train(
-        learner, setup.train, cfg.outer.steps, cfg.outer.lr, cfg.outer.clip, cfg.progress, seed=cfg.seed
+        learner,
+        setup.train,
+        cfg.outer.steps,
+        cfg.outer.lr,
+        cfg.outer.clip,
+        cfg.progress,
+        seed=cfg.seed,
+        on_step=on_step,
     )
     train_s = time.perf_counter() - start
 
@@ -114,6 +154,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     results = {
         "benchmark": cfg.benchmark.name,
         "preset": preset.name,
+        "metric_mode": cfg.metric.mode,
         "metric": setup.metric_name,
         "meta_steps": cfg.outer.steps,
         "train_seconds": round(train_s, 2),

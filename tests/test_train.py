@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from metatuv.meta import PRESETS
@@ -104,3 +105,29 @@ def test_test_tasks_do_not_depend_on_meta_batch(tmp_path):
 def test_vinyals_with_rotation_is_refused(tmp_path):
     with pytest.raises(ValueError, match="benchmark.rotate=all with protocol=vinyals would alias classes"):
         run(small(["benchmark=omniglot", "benchmark.rotate=all"]), tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["statistics", "statistics_init"])
+def test_run_with_statistics_metric(tmp_path, monkeypatch, mode):
+    """T, V from statistics: frozen (and re-estimated every `every` steps) or only initialized, then meta-learned."""
+    import metatuv.train as train
+
+    calls, real = [], train.reestimate
+
+    def counting(model, *args):
+        calls.append({n: p.requires_grad for n, p in model.named_parameters() if n.endswith((".T", ".V"))})
+        return real(model, *args)
+
+    monkeypatch.setattr(train, "reestimate", counting)
+    results = run(small([f"metric={mode}", "metric.every=7"]), tmp_path)
+    assert results["metric_mode"] == mode and results["test"] > 0
+    assert len(calls) == (3 if mode == "statistics" else 1)  # steps 0, 7, 14 of 20 — or once
+    assert all(not any(c.values()) if mode == "statistics" else all(c.values()) for c in calls)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    T = next(v for k, v in state.items() if k.endswith(".T"))
+    assert not torch.allclose(T, torch.eye(T.shape[0]))  # no longer the identity it started as
+
+
+def test_statistics_metric_needs_T_or_V(tmp_path):
+    with pytest.raises(ValueError, match="metric=statistics needs a preset with T or V"):
+        run(small(["metric=statistics", "model=maml"]), tmp_path)

@@ -156,10 +156,12 @@ def meta_train(
     log_every: int = 100,
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Adam (or ``optimizer``) on all meta parameters (T, V, U₀, b₀, rule) for ``steps`` meta-steps.
 
-    Returns the meta-loss of every step. ``seed`` drives the inner loop's own randomness (MT-net masks).
+    Returns the meta-loss of every step. ``seed`` drives the inner loop's own randomness (MT-net masks);
+    ``on_step(step)`` runs before each meta-step (e.g. re-estimating T and V from statistics).
     """
     if steps < 0 or meta_lr <= 0:
         raise ValueError(f"meta_train: steps={steps} must be >= 0 and meta_lr={meta_lr} > 0.")
@@ -170,6 +172,8 @@ def meta_train(
     history: list[Tensor] = []
     bar = tqdm(range(steps), desc="meta-train", disable=not progress, mininterval=0.5)
     for step in bar:
+        if on_step is not None:
+            on_step(step)
         optimizer.zero_grad(set_to_none=True)
         history.append(learner.backward(_next(batches, step), generator))
         if clip is not None:

@@ -1,0 +1,120 @@
+"""T and V from training statistics (Desjardins et al. 2015, Natural Neural Networks; K-FAC, Martens & Grosse 2015).
+
+With W = T·U·V an SGD step on U moves W by −α·TTᵀ·G·VᵀV. Choosing
+
+    TTᵀ = (Γ + λI)⁻¹,  VᵀV = (A + λI)⁻¹,   A = E[x xᵀ] (layer input),  Γ = E[δ δᵀ] (gradient at the layer output)
+
+makes that step the K-FAC natural-gradient step vec(ΔW) = −α ((A + λI)⁻¹ ⊗ (Γ + λI)⁻¹) vec(G). We take the
+symmetric roots T = (Γ + λI)^(−1/2), V = (A + λI)^(−1/2) and re-solve U = T⁻¹·W·V⁻¹ = (Γ + λI)^(1/2)·W·(A + λI)^(1/2)
+(square roots from one symmetric eigendecomposition each; no inverse is formed), so the layer's function is unchanged.
+
+Conv2d: V mixes input channels and T output channels (n×n, m×m), so A and Γ are *channel* covariances averaged over
+samples and spatial positions, not patch covariances (those would be n·k²×n·k², the shape of no factor here).
+δ is the per-sample gradient (the batch-mean loss's gradient × batch size): the empirical Fisher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from metatuv.nn.tuv import TUVConv2d, TUVLayer
+
+MODES = ("learned", "statistics", "statistics_init")
+
+
+def _channel_cov(t: Tensor) -> Tensor:
+    """E[z zᵀ] over every dim but the channel one: (B, c) or (B, c, H, W) → (c, c)."""
+    z = t.transpose(0, 1).reshape(t.shape[1], -1) if t.dim() == 4 else t.T
+    return z @ z.T / z.shape[1]
+
+
+class StatisticsTracker:
+    """Running averages of A and Γ for every TUV layer of ``model`` (EMA with ``decay``; first value as is)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.95) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"StatisticsTracker: decay={decay} must be in [0, 1).")
+        self.model, self.decay = model, decay
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, TUVLayer)}
+        self.A: dict[str, Tensor] = {}
+        self.G: dict[str, Tensor] = {}
+
+    def _update(self, store: dict[str, Tensor], name: str, value: Tensor) -> None:
+        old = store.get(name)
+        store[name] = value if old is None else self.decay * old + (1 - self.decay) * value
+
+    def observe(self, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> None:
+        """One forward/backward pass of the model's own parameters on (x, y), recording A and Γ per layer."""
+        handles, batch = [], x.shape[0]
+
+        def hook(name: str):
+            def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:
+                self._update(self.A, name, _channel_cov(inputs[0].detach()))
+                output.register_hook(lambda g: self._update(self.G, name, _channel_cov(g.detach() * batch)))
+
+            return forward_hook
+
+        for name, layer in self.layers.items():
+            handles.append(layer.register_forward_hook(hook(name)))
+        try:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            torch.autograd.grad(loss_fn(self.model(x), y), params, allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _roots(S: Tensor, damping: float, normalize: bool) -> tuple[Tensor, Tensor]:
+    """((S + λI)^(−1/2), (S + λI)^(1/2)) for symmetric PSD S from one eigendecomposition (eigenvalues clamped at 0).
+
+    ``normalize`` rescales S + λI by c = mean((eig + λ)⁻¹) so that (S + λI)⁻¹ has mean eigenvalue 1: the step keeps
+    the K-FAC direction but not its overall size, which otherwise follows the scale of the loss.
+    """
+    evals, Q = torch.linalg.eigh(S)
+    d = evals.clamp_min(0) + damping  # eigenvalues of S + λI
+    if normalize:
+        d = d * d.reciprocal().mean()
+    return (Q * d.rsqrt()) @ Q.T, (Q * d.sqrt()) @ Q.T
+
+
+@torch.no_grad()
+def set_from_statistics(layer: TUVLayer, A: Tensor, G: Tensor, damping: float = 1e-3, normalize: bool = False) -> None:
+    """T ← (Γ + λI)^(−1/2), V ← (A + λI)^(−1/2), U ← (Γ + λI)^(1/2)·W·(A + λI)^(1/2): W = T·U·V is unchanged.
+
+    A factor the layer does not have (use_T / use_V False) stays the identity. ``normalize``: see ``_roots``.
+    """
+    if damping <= 0:
+        raise ValueError(f"set_from_statistics: damping={damping} must be > 0 (try 1e-3).")
+    W = layer.weight
+    U = W
+    if layer.T is not None:
+        inv_root, root = _roots(G, damping, normalize)
+        layer.T.copy_(inv_root)
+        U = torch.einsum("oa,a...->o...", root, U)
+    if layer.V is not None:
+        inv_root, root = _roots(A, damping, normalize)
+        layer.V.copy_(inv_root)
+        U = torch.einsum("oa...,ai->oi...", U, root) if isinstance(layer, TUVConv2d) else U @ root
+    layer.U.copy_(U)
+
+
+def reestimate(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    data: Iterable[tuple[Tensor, Tensor]],
+    damping: float = 1e-3,
+    tracker: StatisticsTracker | None = None,
+    normalize: bool = False,
+) -> StatisticsTracker:
+    """Observe (x, y) batches, then re-set every TUV layer's T, V and U from the (running) statistics."""
+    tracker = tracker or StatisticsTracker(model)
+    for x, y in data:
+        tracker.observe(loss_fn, x, y)
+    for name, layer in tracker.layers.items():
+        if name not in tracker.A:
+            raise ValueError(f"reestimate: layer {name!r} saw no data; pass at least one (x, y) batch.")
+        set_from_statistics(layer, tracker.A[name], tracker.G[name], damping, normalize)
+    return tracker

@@ -1,0 +1,106 @@
+"""T and V from training statistics: function preserved, K-FAC step reproduced, damping keeps things finite."""
+
+import pytest
+import torch
+from conftest import random_factors, vec
+from torch import nn
+
+from metatuv.inner import adapt
+from metatuv.metric import StatisticsTracker, factors, reestimate, set_from_statistics
+from metatuv.nn import TUVConv2d, TUVLayer, TUVLinear
+
+D = torch.float64
+
+
+def half_sse(out, y):
+    return 0.5 * ((out - y) ** 2).sum(-1).mean()
+
+
+def test_reestimation_keeps_outputs_float64():
+    net = nn.Sequential(TUVConv2d(2, 3, 3, padding=1, dtype=D), nn.Tanh(), nn.Flatten(), TUVLinear(3 * 16, 2, dtype=D))
+    for m in net.modules():
+        if isinstance(m, TUVLayer):
+            random_factors(m)
+    x, y = torch.randn(8, 2, 4, 4, dtype=D), torch.randn(8, 2, dtype=D)
+    before = net(x)
+    tracker = reestimate(net, half_sse, [(x, y)], damping=1e-3)
+    assert torch.allclose(net(x), before, atol=1e-10, rtol=0)
+    conv = net[0]
+    A, G = tracker.A["0"], tracker.G["0"]
+    assert A.shape == (2, 2) and G.shape == (3, 3)
+    left, right = factors(conv)
+    assert torch.allclose(left, torch.linalg.inv(G + 1e-3 * torch.eye(3, dtype=D)), atol=1e-8)
+    assert torch.allclose(right, torch.linalg.inv(A + 1e-3 * torch.eye(2, dtype=D)), atol=1e-8)
+
+
+def test_linear_least_squares_step_is_the_dense_kfac_step():
+    m, n, batch, lam, alpha = 3, 4, 32, 1e-2, 0.05
+    layer = TUVLinear(n, m, bias=False, dtype=D)
+    X = torch.randn(batch, n, dtype=D) @ torch.randn(n, n, dtype=D)  # correlated inputs
+    Y = torch.randn(batch, m, dtype=D)
+    tracker = StatisticsTracker(layer)
+    tracker.observe(half_sse, X, Y)
+    R = X @ layer.weight.detach().T - Y  # per-sample δ of ½‖Wx − y‖²
+    A, G = tracker.A[""], tracker.G[""]
+    assert torch.allclose(A, X.T @ X / batch, atol=1e-12) and torch.allclose(G, R.T @ R / batch, atol=1e-12)
+    set_from_statistics(layer, A, G, lam)
+
+    W = layer.weight.detach()
+    Wleaf = W.clone().requires_grad_()
+    (grad_W,) = torch.autograd.grad(half_sse(X @ Wleaf.T, Y), Wleaf)
+
+    def loss(fast):
+        return half_sse(torch.func.functional_call(layer, {**dict(layer.named_parameters()), **fast}, (X,)), Y)
+
+    U1 = adapt(loss, {"U": layer.U}, steps=1, lr=alpha)["U"]
+    W1 = layer.T.detach() @ U1.detach() @ layer.V.detach()
+    eye = lambda k: torch.eye(k, dtype=D)  # noqa: E731
+    kfac = torch.kron(torch.linalg.inv(A + lam * eye(n)), torch.linalg.inv(G + lam * eye(m)))
+    assert torch.allclose(vec(W1 - W), -alpha * kfac @ vec(grad_W), atol=1e-10, rtol=0)
+
+
+def test_damping_keeps_singular_statistics_finite():
+    layer = TUVLinear(3, 2, dtype=D)
+    direction = torch.tensor([[1.0, 2.0, -1.0]], dtype=D)
+    X = torch.randn(10, 1, dtype=D) @ direction  # rank-1 inputs: A is singular
+    Y = torch.zeros(10, 2, dtype=D)
+    before = layer(X)
+    tracker = reestimate(layer, half_sse, [(X, Y)], damping=1e-4)
+    assert torch.linalg.matrix_rank(tracker.A[""]) == 1
+    for p in (layer.T, layer.U, layer.V):
+        assert torch.isfinite(p).all()
+    assert torch.allclose(layer(X), before, atol=1e-9)
+    _, right = factors(layer)
+    assert torch.linalg.eigvalsh(right).max() <= 1e4 * (1 + 1e-9)  # ≤ 1/λ
+    with pytest.raises(ValueError, match="damping=0"):
+        set_from_statistics(layer, tracker.A[""], tracker.G[""], damping=0)
+
+
+def test_running_average_and_missing_factors():
+    layer = TUVLinear(2, 2, use_T=False, dtype=D)
+    tracker = StatisticsTracker(layer, decay=0.5)
+    x1, x2 = torch.randn(4, 2, dtype=D), torch.randn(4, 2, dtype=D)
+    y = torch.zeros(4, 2, dtype=D)
+    tracker.observe(half_sse, x1, y)
+    tracker.observe(half_sse, x2, y)
+    assert torch.allclose(tracker.A[""], 0.5 * x1.T @ x1 / 4 + 0.5 * x2.T @ x2 / 4)
+    before = layer(x1)
+    set_from_statistics(layer, tracker.A[""], tracker.G[""], 1e-3)
+    assert layer.T is None and torch.allclose(layer(x1), before, atol=1e-10)
+
+
+def test_normalize_keeps_direction_and_function_with_unit_mean_eigenvalue():
+    layer = TUVConv2d(3, 4, 3, padding=1, dtype=D)
+    x, y = torch.randn(6, 3, 5, 5, dtype=D), torch.randn(6, 4, 5, 5, dtype=D)
+    loss = lambda out, t: 0.5 * ((out - t) ** 2).sum((1, 2, 3)).mean()  # noqa: E731
+    before = layer(x)
+    tracker = reestimate(layer, loss, [(x, y)], damping=1e-2, normalize=True)
+    assert torch.allclose(layer(x), before, atol=1e-10, rtol=0)
+    left, right = factors(layer)
+    assert torch.allclose(torch.linalg.eigvalsh(left).mean(), torch.tensor(1.0, dtype=D))
+    assert torch.allclose(torch.linalg.eigvalsh(right).mean(), torch.tensor(1.0, dtype=D))
+    # same K-FAC directions: each factor is a positive multiple of the unnormalized one
+    G = torch.linalg.inv(tracker.G[""] + 1e-2 * torch.eye(4, dtype=D))
+    A = torch.linalg.inv(tracker.A[""] + 1e-2 * torch.eye(3, dtype=D))
+    assert torch.allclose(left / left.trace(), G / G.trace(), atol=1e-10)
+    assert torch.allclose(right / right.trace(), A / A.trace(), atol=1e-10)
