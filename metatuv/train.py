@@ -167,6 +167,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         results["mask_fractions"] = mask_fractions(setup.model)
     torch.save(learner.state_dict(), out_dir / "model.pt")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "history.json").write_text(json.dumps({"step": list(range(len(history))), "loss": history}))
     return results
 
 
