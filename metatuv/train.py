@@ -7,27 +7,35 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, load_splits
+from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
 from metatuv.inner.backends import Batch
 from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train, mse
+from metatuv.meta.learner import INNER_SEED_OFFSET
 from metatuv.meta.presets import Preset
 from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.nn import conv4, mlp
+from metatuv.schema import register
+
+register()  # the typed schema conf/config.yaml starts from
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # conf/ at the repository root
 TEST_SEED_OFFSET = 1_000_003  # meta-test tasks come from a stream disjoint from the training one
 REGRESSION = ("sinusoid", "polynomial")
 STATS_SEED_OFFSET = 2_000_003  # tasks observed for T/V statistics come from their own stream
+CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -36,13 +44,13 @@ class Setup:
     loss: Callable
     metric: Callable
     metric_name: str
-    train: Iterator[Batch]
+    train: Stream
     test: Callable[[], Iterator[Batch]]  # a fresh, identically seeded meta-test stream per call
-    observe: Iterator[Batch]  # training tasks for T/V statistics (metric=statistics*)
+    observe: Stream  # training tasks for T/V statistics (metric=statistics*)
 
 
-def build(cfg: DictConfig, preset: Preset) -> Setup:
-    """Benchmark, network and task streams from the config."""
+def build(cfg: DictConfig, preset: Preset, eval_split: str = "test") -> Setup:
+    """Benchmark, network and task streams from the config (``test`` draws from the ``eval_split`` classes)."""
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
@@ -63,14 +71,14 @@ def build(cfg: DictConfig, preset: Preset) -> Setup:
         )
     if b.name not in IMAGE_BENCHMARKS:
         raise ValueError(f"unknown benchmark {b.name!r}; choose one of {[*REGRESSION, *IMAGE_BENCHMARKS]}.")
-    protocol = b.get("protocol", "vinyals")
+    protocol = b.get("protocol") or "vinyals"
     if b.name == "omniglot" and protocol == "vinyals" and b.rotate != "none":
         raise ValueError(
             f"benchmark.rotate={b.rotate} with protocol=vinyals would alias classes (its split lists already hold "
             "every rotation as a class); use benchmark.rotate=none, or benchmark.protocol=maml."
         )
     splits = load_splits(b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir)
-    used = {k: splits[k] for k in ("train", "test")}  # only these are sampled (and checked against ways/shots)
+    used = {k: splits[k] for k in ("train", eval_split)}  # only these are sampled (and checked against ways/shots)
     fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
     c, h, _ = fs.image_shape
     model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags)
@@ -80,18 +88,20 @@ def build(cfg: DictConfig, preset: Preset) -> Setup:
         accuracy,
         "accuracy",
         fs.batches("train", mb, seed),
-        lambda: fs.batches("test", eb, test_seed),
+        lambda: fs.batches(eval_split, eb, test_seed),
         fs.batches("train", mb, seed + STATS_SEED_OFFSET),
     )
 
 
-def statistics_hook(cfg: DictConfig, setup: Setup, preset: Preset) -> Callable[[int], None] | None:
+def statistics_hook(
+    cfg: DictConfig, setup: Setup, preset: Preset
+) -> tuple[Callable[[int], None] | None, StatisticsTracker | None]:
     """metric=statistics*: estimate T, V (re-solving U) before step 0, and every ``every`` steps for ``statistics``."""
     m = cfg.metric
     if m.mode not in MODES:
         raise ValueError(f"unknown metric mode {m.mode!r}; choose one of {list(MODES)} (metric=...).")
     if m.mode == "learned":
-        return None
+        return None, None
     if not (preset.use_T or preset.use_V):
         raise ValueError(f"metric={m.mode} needs a preset with T or V (tnet, mtnet, tuv, mtuv), not {preset.name}.")
     if m.mode == "statistics":
@@ -110,14 +120,14 @@ def statistics_hook(cfg: DictConfig, setup: Setup, preset: Preset) -> Callable[[
                 data += [(torch.cat([xs[t], xq[t]]), torch.cat([ys[t], yq[t]])) for t in range(len(xs))]
             reestimate(setup.model, setup.loss, data, m.damping, tracker, m.normalize)
 
-    return hook
+    return hook, tracker
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
-    """Meta-train, then evaluate the result and the un-meta-trained initialization on the same test tasks."""
+def build_learner(cfg: DictConfig, eval_split: str = "test") -> tuple[Setup, Preset, MetaLearner]:
+    """The task streams, the network and its MetaLearner (fresh initialization from ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
     preset = get_preset(cfg.model.name)
-    setup = build(cfg, preset)
+    setup = build(cfg, preset, eval_split)
     i = cfg.inner
     learner = MetaLearner.from_preset(
         setup.model.to(cfg.device),
@@ -131,10 +141,95 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         vectorize=i.vectorize,
         chunk_size=i.chunk_size,
     ).to(cfg.device)
-    baseline = copy.deepcopy(learner)
+    return setup, preset, learner
 
-    start = time.perf_counter()
-    on_step = statistics_hook(cfg, setup, preset)
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic write: a temp file in the same folder, flushed to disk, then renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+RESUME_IGNORES = ("progress", "checkpoint", "eval", "outer.steps")  # may change between a run and its resumption
+
+
+def _run_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if any(key == ig or key.startswith(ig + ".") for ig in RESUME_IGNORES):
+                continue
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    old, new = flat(saved), flat(_run_config(cfg))
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise ValueError(
+                f"{path} was written by a run with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
+                "resume with the same config, or start a new folder (hydra.run.dir=...) or checkpoint.resume=false."
+            )
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    """Meta-train (resuming from ``out_dir/checkpoint.pt`` if there is one), then evaluate the result and the
+    un-meta-trained initialization on the same test tasks."""
+    setup, preset, learner = build_learner(cfg)
+    i = cfg.inner
+    baseline = copy.deepcopy(learner)
+    on_step, tracker = statistics_hook(cfg, setup, preset)
+    optimizer = hydra.utils.instantiate(cfg.outer.optimizer)(learner.parameters(), lr=cfg.outer.lr)
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + INNER_SEED_OFFSET)
+    streams = {"train": setup.train, "observe": setup.observe}
+
+    path, start, history, train_s = out_dir / CHECKPOINT, 0, [], 0.0
+    if cfg.checkpoint.resume and path.exists():
+        state = torch.load(path, map_location=cfg.device, weights_only=False)
+        _check_same_run(state["config"], cfg, path)
+        start, history, train_s = state["step"], state["history"], state["train_seconds"]
+        if start > cfg.outer.steps:
+            raise ValueError(f"{path} is at step {start} > outer.steps={cfg.outer.steps}; raise outer.steps.")
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["inner_generator"].cpu())
+        for name, stream in streams.items():
+            stream.load_state_dict({"generator": state["streams"][name]["generator"].cpu()})
+        if tracker is not None:
+            tracker.load_state_dict(state["statistics"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        print(f"resuming from {path} at meta-step {start}/{cfg.outer.steps}", flush=True)
+
+    begin = time.perf_counter()
+
+    def checkpoint(step: int, losses: Callable[[], list[float]]) -> None:
+        done = step + 1
+        if done != cfg.outer.steps and not (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0):
+            return
+        state = {
+            "step": done,
+            "history": losses(),
+            "train_seconds": train_s + time.perf_counter() - begin,
+            "learner": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "inner_generator": generator.get_state(),
+            "streams": {name: stream.state_dict() for name, stream in streams.items()},
+            "statistics": tracker.state_dict() if tracker is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "config": _run_config(cfg),
+        }
+        save_checkpoint(path, state)
+
     history = meta_train(
         learner,
         setup.train,
@@ -142,10 +237,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         cfg.outer.lr,
         cfg.outer.clip,
         cfg.progress,
-        seed=cfg.seed,
+        optimizer=optimizer,
         on_step=on_step,
+        start=start,
+        history=history,
+        generator=generator,
+        after_step=checkpoint,
     )
-    train_s = time.perf_counter() - start
+    train_s += time.perf_counter() - begin
 
     def test(tested: MetaLearner) -> tuple[float, float]:
         seed = cfg.seed + TEST_SEED_OFFSET
@@ -173,7 +272,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def summary(cfg: DictConfig, r: dict) -> str:
     b, n, steps = cfg.benchmark, cfg.eval.tasks, cfg.inner.test_steps
-    task = f"{b.ways}-way {b.shots}-shot" if "ways" in b else f"{b.shots}-shot"
+    task = f"{b.ways}-way {b.shots}-shot" if b.get("ways") is not None else f"{b.shots}-shot"
     pct = 100.0 if r["metric"] == "accuracy" else 1.0
     unit = "%" if r["metric"] == "accuracy" else ""
     lines = [f"meta-test {r['metric']} over {n} tasks ({b.name} {task}, {steps} inner steps, 95% CI):"]
@@ -193,7 +292,12 @@ def _hydra_main(cfg: DictConfig) -> float:
     print(OmegaConf.to_yaml(cfg), flush=True)
     r = run(cfg, out_dir)
     print("\n" + summary(cfg, r))
-    print(f"outputs in {out_dir}")
+    pct, unit = (100.0, "%") if r["metric"] == "accuracy" else (1.0, "")
+    print(
+        f"done: {r['preset']} on {r['benchmark']}, {r['metric']} {pct * r['test']:.4f}{unit} ± "
+        f"{pct * r['test_ci95']:.4f}{unit} over {cfg.eval.tasks} tasks, {r['meta_steps']} meta-steps in "
+        f"{r['train_seconds']:.0f} s; outputs in {out_dir}"
+    )
     return r["test"]
 
 

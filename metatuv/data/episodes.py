@@ -9,12 +9,12 @@ as one gather. Support/query tensors come out shaped (tasks, N·K, C, H, W) / (t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from metatuv.data.stream import Stream
 from metatuv.inner.backends import Batch
 
 
@@ -106,8 +106,6 @@ class EpisodeSampler:
         yq = labels.expand(tasks, n, q).reshape(tasks, n * q)
         return xs, ys, xq, yq
 
-    def batches(self, tasks: int, seed: int, dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
-        """Endless stream of meta-batches, reproducible from ``seed``."""
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        while True:
-            yield self.sample(tasks, generator, dtype)
+    def batches(self, tasks: int, seed: int, dtype: torch.dtype = torch.float32) -> Stream:
+        """Endless stream of meta-batches, reproducible from ``seed`` (resumable: ``Stream.state_dict``)."""
+        return Stream(lambda g: self.sample(tasks, g, dtype), seed, self.device)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from metatuv.data.episodes import ClassImages, EpisodeSampler
-from metatuv.inner.backends import Batch
+from metatuv.data.stream import Stream
 
 IMAGE_BENCHMARKS = ("omniglot", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100")
 
@@ -82,7 +81,7 @@ class FewShot:
     def image_shape(self) -> tuple[int, ...]:
         return tuple(next(iter(self.samplers.values())).data.images.shape[1:])
 
-    def batches(self, split: str, tasks: int, seed: int) -> Iterator[Batch]:
+    def batches(self, split: str, tasks: int, seed: int) -> Stream:
         if split not in self.samplers:
             raise ValueError(f"split {split!r} not loaded; available: {sorted(self.samplers)}.")
         return self.samplers[split].batches(tasks, seed)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
+from metatuv.data.stream import Stream
 from metatuv.inner.backends import Batch
 
 
@@ -15,10 +14,6 @@ class RegressionTasks:
     def sample(self, tasks: int, generator: torch.Generator, device, dtype) -> Batch:
         raise NotImplementedError
 
-    def batches(
-        self, tasks: int, seed: int, device: str | torch.device = "cpu", dtype=torch.float32
-    ) -> Iterator[Batch]:
-        """Endless stream of meta-batches, reproducible from ``seed``."""
-        generator = torch.Generator(device=device).manual_seed(seed)
-        while True:
-            yield self.sample(tasks, generator, device, dtype)
+    def batches(self, tasks: int, seed: int, device: str | torch.device = "cpu", dtype=torch.float32) -> Stream:
+        """Endless stream of meta-batches, reproducible from ``seed`` (resumable: ``Stream.state_dict``)."""
+        return Stream(lambda g: self.sample(tasks, g, device, dtype), seed, device)

@@ -157,31 +157,49 @@ def meta_train(
     optimizer: torch.optim.Optimizer | None = None,
     seed: int = 0,
     on_step: Callable[[int], None] | None = None,
+    start: int = 0,
+    history: list[float] | None = None,
+    generator: torch.Generator | None = None,
+    after_step: Callable[[int, Callable[[], list[float]]], None] | None = None,
 ) -> list[float]:
-    """Adam (or ``optimizer``) on all meta parameters (T, V, U₀, b₀, rule) for ``steps`` meta-steps.
+    """Adam (or ``optimizer``) on all meta parameters (T, V, U₀, b₀, rule) for meta-steps ``start … steps − 1``.
 
-    Returns the meta-loss of every step. ``seed`` drives the inner loop's own randomness (MT-net masks);
-    ``on_step(step)`` runs before each meta-step (e.g. re-estimating T and V from statistics).
+    Returns the meta-loss of every step (``history`` first, when resuming). ``generator`` (default: seeded from
+    ``seed``) drives the inner loop's own randomness (MT-net masks). ``on_step(step)`` runs before each meta-step
+    (e.g. re-estimating T and V from statistics), ``after_step(step, losses)`` after it (e.g. checkpointing;
+    ``losses()`` returns the history so far, synchronizing the device only when called).
     """
-    if steps < 0 or meta_lr <= 0:
-        raise ValueError(f"meta_train: steps={steps} must be >= 0 and meta_lr={meta_lr} > 0.")
+    if steps < 0 or meta_lr <= 0 or not 0 <= start <= steps:
+        raise ValueError(f"meta_train: need 0 <= start={start} <= steps={steps} and meta_lr={meta_lr} > 0.")
     if optimizer is None:
         optimizer = torch.optim.Adam(learner.parameters(), lr=meta_lr)
     device = next(learner.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed + INNER_SEED_OFFSET)
-    history: list[Tensor] = []
-    bar = tqdm(range(steps), desc="meta-train", disable=not progress, mininterval=0.5)
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(seed + INNER_SEED_OFFSET)
+    losses: list[float] = list(history or [])
+    pending: list[Tensor] = []  # losses not yet synchronized to floats
+
+    def flush() -> list[float]:
+        if pending:
+            losses.extend(torch.stack(pending).tolist())
+            pending.clear()
+        return losses
+
+    bar = tqdm(range(start, steps), desc="meta-train", disable=not progress, mininterval=0.5, initial=start)
     for step in bar:
         if on_step is not None:
             on_step(step)
         optimizer.zero_grad(set_to_none=True)
-        history.append(learner.backward(_next(batches, step), generator))
+        pending.append(learner.backward(_next(batches, step), generator))
         if clip is not None:
             nn.utils.clip_grad_norm_(learner.parameters(), clip)
         optimizer.step()
         if progress and (step + 1) % log_every == 0:
-            bar.set_postfix(loss=f"{torch.stack(history[-log_every:]).mean().item():.4f}")
-    return [float(h) for h in history]
+            recent = flush()[-log_every:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+        if after_step is not None:
+            after_step(step, flush)
+    return flush()
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:

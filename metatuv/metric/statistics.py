@@ -46,6 +46,12 @@ class StatisticsTracker:
         old = store.get(name)
         store[name] = value if old is None else self.decay * old + (1 - self.decay) * value
 
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        return {"A": dict(self.A), "G": dict(self.G)}
+
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        self.A, self.G = dict(state["A"]), dict(state["G"])
+
     def observe(self, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> None:
         """One forward/backward pass of the model's own parameters on (x, y), recording A and Γ per layer."""
         handles, batch = [], x.shape[0]

@@ -1,0 +1,112 @@
+"""Typed schema of the run config (conf/config.yaml), stored in Hydra's ConfigStore as ``schema``.
+
+conf/config.yaml lists ``schema`` first in its defaults, so every file and command-line override merged on top is
+checked against these dataclasses when the config is composed: a misspelled key or a wrong type fails at once,
+before any data is loaded. Group-specific keys (a benchmark's ``amplitude``, ``protocol``, …) are optional fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ArchConfig:
+    sizes: list[int] | None = None  # mlp layer widths (regression benchmarks)
+    hidden: int | None = None  # conv4 filters (image benchmarks)
+    pool: str | None = None  # conv4 downsampling: stride | max
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = "sinusoid"
+    shots: int = 10
+    queries: int = 10
+    ways: int | None = None  # image benchmarks
+    protocol: str | None = None  # omniglot: vinyals | maml
+    image_size: int | None = None
+    rotate: str | None = None  # none | train | all
+    amplitude: list[float] | None = None  # sinusoid
+    phase: list[float] | None = None
+    x_range: list[float] | None = None  # sinusoid, polynomial
+    order: int | None = None  # polynomial
+    arch: ArchConfig = field(default_factory=ArchConfig)
+
+
+@dataclass
+class InnerConfig:
+    lr: float = 0.01
+    steps: int = 1
+    test_steps: int = 10
+    first_order: bool = False
+    backend: str = "func"
+    vectorize: str = "auto"
+    chunk_size: int | None = None
+    mask_temperature: float = 1.0
+
+
+@dataclass
+class OuterConfig:
+    lr: float = 1e-3
+    meta_batch: int = 4
+    steps: int = 4000
+    clip: float | None = 10.0
+    # the meta-optimizer, instantiated by the entry point as optimizer(params, lr=lr)
+    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True})
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tuv"
+
+
+@dataclass
+class MetricConfig:
+    mode: str = "learned"
+    damping: float = 0.1
+    normalize: bool = True
+    decay: float = 0.95
+    every: int = 500
+    batches: int = 2
+
+
+@dataclass
+class PathsConfig:
+    data_root: str = "data"
+    cache_dir: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = 600
+    batch: int = 25
+    baseline: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # meta-steps between checkpoints (and one at the end); 0 = only at the end
+    resume: bool = True  # a run started in a folder holding checkpoint.pt continues from it
+
+
+@dataclass
+class RunConfig:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+def register() -> None:
+    """Store the schema as ``schema`` (conf/config.yaml's first default)."""
+    ConfigStore.instance().store(name="schema", node=RunConfig)
