@@ -93,6 +93,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none (metrics.jsonl is always written)
+    project: str = "metatuv"
+    entity: str | None = None
+    mode: str = "offline"
+    tags: list[str] = field(default_factory=list)
+    system_stats: bool = False
+    every: int = 100  # meta-steps between learned-metric logs
+    eval_every: int = 1000  # meta-steps between validation evaluations (0 = none)
+    eval_tasks: int = 100
+    images_every: int = 0  # PNGs every N meta-steps; 0 = at the end only; -1 = never
+
+
+@dataclass
 class RunConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
@@ -102,6 +116,7 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "cpu"
     progress: bool = True

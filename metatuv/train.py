@@ -18,14 +18,18 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
 from metatuv.inner.backends import Batch
+from metatuv.loggers import RunLogger, make_logger
 from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train, mse
 from metatuv.meta.learner import INNER_SEED_OFFSET
 from metatuv.meta.presets import Preset
 from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
+from metatuv.metric.plots import save_factor_figures
+from metatuv.metric.summary import factor_spectra, learned_metrics
 from metatuv.nn import conv4, mlp
 from metatuv.schema import register
 
@@ -35,6 +39,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # conf/ at the reposito
 TEST_SEED_OFFSET = 1_000_003  # meta-test tasks come from a stream disjoint from the training one
 REGRESSION = ("sinusoid", "polynomial")
 STATS_SEED_OFFSET = 2_000_003  # tasks observed for T/V statistics come from their own stream
+VAL_SEED_OFFSET = 3_000_017  # validation tasks (logger.eval_every)
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -47,10 +52,12 @@ class Setup:
     train: Stream
     test: Callable[[], Iterator[Batch]]  # a fresh, identically seeded meta-test stream per call
     observe: Stream  # training tasks for T/V statistics (metric=statistics*)
+    val: Callable[[], Iterator[Batch]] | None = None  # validation tasks (logger.eval_every > 0)
 
 
-def build(cfg: DictConfig, preset: Preset, eval_split: str = "test") -> Setup:
-    """Benchmark, network and task streams from the config (``test`` draws from the ``eval_split`` classes)."""
+def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: bool = False) -> Setup:
+    """Benchmark, network and task streams from the config (``test`` draws from the ``eval_split`` classes;
+    ``with_val``: also a validation stream, fresh tasks for regression, the val classes for images)."""
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
@@ -68,6 +75,7 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test") -> Setup:
             bench.batches(mb, seed, dev),
             lambda: bench.batches(eb, test_seed, dev),
             bench.batches(mb, seed + STATS_SEED_OFFSET, dev),
+            (lambda: bench.batches(eb, seed + VAL_SEED_OFFSET, dev)) if with_val else None,
         )
     if b.name not in IMAGE_BENCHMARKS:
         raise ValueError(f"unknown benchmark {b.name!r}; choose one of {[*REGRESSION, *IMAGE_BENCHMARKS]}.")
@@ -78,7 +86,8 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test") -> Setup:
             "every rotation as a class); use benchmark.rotate=none, or benchmark.protocol=maml."
         )
     splits = load_splits(b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir)
-    used = {k: splits[k] for k in ("train", eval_split)}  # only these are sampled (and checked against ways/shots)
+    names = ("train", eval_split, "val") if with_val else ("train", eval_split)
+    used = {k: splits[k] for k in names}  # only these are sampled (and checked against ways/shots)
     fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
     c, h, _ = fs.image_shape
     model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags)
@@ -90,6 +99,7 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test") -> Setup:
         fs.batches("train", mb, seed),
         lambda: fs.batches(eval_split, eb, test_seed),
         fs.batches("train", mb, seed + STATS_SEED_OFFSET),
+        (lambda: fs.batches("val", eb, seed + VAL_SEED_OFFSET)) if with_val else None,
     )
 
 
@@ -123,11 +133,13 @@ def statistics_hook(
     return hook, tracker
 
 
-def build_learner(cfg: DictConfig, eval_split: str = "test") -> tuple[Setup, Preset, MetaLearner]:
+def build_learner(
+    cfg: DictConfig, eval_split: str = "test", with_val: bool = False
+) -> tuple[Setup, Preset, MetaLearner]:
     """The task streams, the network and its MetaLearner (fresh initialization from ``cfg.seed``)."""
     torch.manual_seed(cfg.seed)
     preset = get_preset(cfg.model.name)
-    setup = build(cfg, preset, eval_split)
+    setup = build(cfg, preset, eval_split, with_val)
     i = cfg.inner
     learner = MetaLearner.from_preset(
         setup.model.to(cfg.device),
@@ -154,7 +166,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-RESUME_IGNORES = ("progress", "checkpoint", "eval", "outer.steps")  # may change between a run and its resumption
+RESUME_IGNORES = (
+    "progress",
+    "checkpoint",
+    "eval",
+    "logger",
+    "outer.steps",
+)  # may change between a run and its resumption
 
 
 def _run_config(cfg: DictConfig) -> dict:
@@ -180,10 +198,58 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
             )
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict:
+def open_logger(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> RunLogger:
+    lg = cfg.logger
+    config = _run_config(cfg)
+    return make_logger(
+        lg.name, out_dir, config, lg.project, lg.mode, group, name, lg.entity, list(lg.tags), lg.system_stats
+    )
+
+
+def monitor(
+    cfg: DictConfig, setup: Setup, learner: MetaLearner, logger: RunLogger, out_dir: Path
+) -> Callable[[int, Callable[[], list[float]]], None]:
+    """After-step hook: every ``logger.every`` steps the train loss and learned metrics (spectra, condition
+    numbers, masks), every ``logger.eval_every`` a validation score, every ``logger.images_every`` PNGs."""
+    lg = cfg.logger
+
+    def due(done: int, every: int) -> bool:
+        return every > 0 and done % every == 0
+
+    def log(step: int, losses: Callable[[], list[float]]) -> None:
+        done = step + 1
+        if due(done, lg.every) or done == cfg.outer.steps:
+            recent = losses()[-lg.every :]
+            spectra = factor_spectra(setup.model)
+            metrics = {"train/loss": sum(recent) / len(recent), **learned_metrics(setup.model, cfg.inner.lr, spectra)}
+            if due(done, lg.eval_every) and setup.val is not None:
+                mean, ci = evaluate(
+                    learner, setup.val(), lg.eval_tasks, cfg.inner.test_steps, setup.metric, False, cfg.seed
+                )
+                metrics |= {f"val/{setup.metric_name}": mean, f"val/{setup.metric_name}_ci95": ci}
+            logger.log(metrics, done)
+            logger.histograms({f"{n or 'layer'}/{k}": v for n, d in spectra.items() for k, v in d.items()}, done)
+        if due(done, lg.images_every) and done != cfg.outer.steps:
+            logger.images(save_factor_figures(setup.model, out_dir / "figures", done), done)
+
+    return log
+
+
+def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> dict:
     """Meta-train (resuming from ``out_dir/checkpoint.pt`` if there is one), then evaluate the result and the
-    un-meta-trained initialization on the same test tasks."""
-    setup, preset, learner = build_learner(cfg)
+    un-meta-trained initialization on the same test tasks. ``group``/``name``: the wandb run group and name."""
+    logger = open_logger(cfg, out_dir, group, name)
+    try:
+        results = _run(cfg, out_dir, logger)
+    except BaseException:
+        logger.finish(ok=False)
+        raise
+    logger.finish(ok=True)
+    return results
+
+
+def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
+    setup, preset, learner = build_learner(cfg, with_val=cfg.logger.eval_every > 0)
     i = cfg.inner
     baseline = copy.deepcopy(learner)
     on_step, tracker = statistics_hook(cfg, setup, preset)
@@ -201,14 +267,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["inner_generator"].cpu())
-        for name, stream in streams.items():
-            stream.load_state_dict({"generator": state["streams"][name]["generator"].cpu()})
+        for key, stream in streams.items():
+            stream.load_state_dict({"generator": state["streams"][key]["generator"].cpu()})
         if tracker is not None:
             tracker.load_state_dict(state["statistics"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         print(f"resuming from {path} at meta-step {start}/{cfg.outer.steps}", flush=True)
+    elif cfg.logger.every > 0:
+        logger.log(learned_metrics(setup.model, i.lr), 0)  # the starting metric (identity unless estimated)
 
     begin = time.perf_counter()
 
@@ -223,12 +291,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             "learner": learner.state_dict(),
             "optimizer": optimizer.state_dict(),
             "inner_generator": generator.get_state(),
-            "streams": {name: stream.state_dict() for name, stream in streams.items()},
+            "streams": {key: stream.state_dict() for key, stream in streams.items()},
             "statistics": tracker.state_dict() if tracker is not None else None,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "config": _run_config(cfg),
         }
         save_checkpoint(path, state)
+
+    log = monitor(cfg, setup, learner, logger, out_dir)
+
+    def after_step(step: int, losses: Callable[[], list[float]]) -> None:
+        log(step, losses)
+        checkpoint(step, losses)
 
     history = meta_train(
         learner,
@@ -242,7 +316,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         start=start,
         history=history,
         generator=generator,
-        after_step=checkpoint,
+        after_step=after_step,
     )
     train_s += time.perf_counter() - begin
 
@@ -267,6 +341,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     torch.save(learner.state_dict(), out_dir / "model.pt")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "history.json").write_text(json.dumps({"step": list(range(len(history))), "loss": history}))
+    m = setup.metric_name
+    final = {f"test/{m}": results["test"], f"test/{m}_ci95": results["test_ci95"]}
+    if "baseline" in results:
+        final |= {f"baseline/{m}": results["baseline"], f"baseline/{m}_ci95": results["baseline_ci95"]}
+    logger.log(final, cfg.outer.steps)
+    logger.summary({**final, "train_seconds": results["train_seconds"]})
+    if cfg.logger.images_every >= 0:
+        logger.images(save_factor_figures(setup.model, out_dir / "figures", cfg.outer.steps), cfg.outer.steps)
     return results
 
 
@@ -288,9 +370,13 @@ def summary(cfg: DictConfig, r: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
     print(OmegaConf.to_yaml(cfg), flush=True)
-    r = run(cfg, out_dir)
+    group = name = None
+    if hc.mode == RunMode.MULTIRUN:  # runs of one sweep share a wandb group named after the sweep folder
+        group, name = str(hc.sweep.dir), f"{hc.job.num}:{hc.job.override_dirname}"
+    r = run(cfg, out_dir, group, name)
     print("\n" + summary(cfg, r))
     pct, unit = (100.0, "%") if r["metric"] == "accuracy" else (1.0, "")
     print(

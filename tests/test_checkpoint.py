@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 def cfg(steps, *overrides):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", [f"outer.steps={steps}", "eval.tasks=10", "progress=false", *overrides])
+        return compose("config", [f"outer.steps={steps}", "eval.tasks=10", "progress=false", "logger=none", *overrides])
 
 
 def same_params(a: Path, b: Path) -> bool:
@@ -76,7 +76,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_sigkill_midway_then_restart_is_bit_identical(tmp_path):
     """Kill -9 a real metatuv-train process after a mid-run checkpoint, rerun the same command, compare."""
-    args = ["model=mtuv", "outer.steps=120", "checkpoint.every=10", "eval.tasks=10", "progress=false"]
+    args = ["model=mtuv", "outer.steps=120", "checkpoint.every=10", "eval.tasks=10", "progress=false", "logger=none"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     exe = str(BIN / "metatuv-train")

@@ -18,7 +18,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def small(cfg_overrides=()):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", ["outer.steps=20", "eval.tasks=20", "progress=false", *cfg_overrides])
+        return compose("config", ["outer.steps=20", "eval.tasks=20", "progress=false", "logger=none", *cfg_overrides])
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -1,0 +1,125 @@
+"""Loggers: metrics.jsonl always, wandb offline (no network) with spectra, condition numbers, masks, pictures."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import metatuv.train as train
+from metatuv.loggers import RunLogger, make_logger
+from metatuv.metric.summary import learned_metrics
+from metatuv.nn import TUVLinear
+from metatuv.train import CONF_DIR, run
+
+D = torch.float64
+
+
+def cfg(*overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", ["outer.steps=20", "eval.tasks=10", "progress=false", *overrides])
+
+
+def wandb_history_keys(run_file: Path) -> set[str]:
+    """Keys of the history rows in an offline ``run-*.wandb`` file (a LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, keys = run_file.read_bytes(), set()
+    assert data[:4] == b":W&B"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        buf += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            if record.WhichOneof("record_type") == "history":
+                keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    return keys
+
+
+def test_learned_metrics_by_hand():
+    layer = TUVLinear(2, 3, dtype=D)
+    with torch.no_grad():
+        layer.T.copy_(torch.diag(torch.tensor([2.0, 1.0, 0.5], dtype=D)))  # TTᵀ = diag(4, 1, 1/4)
+        layer.V.copy_(torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=D))  # VᵀV = [[1, 1], [1, 2]]
+    m = learned_metrics(torch.nn.Sequential(layer), lr=0.1)
+    vv = [(3 - 5**0.5) / 2, (3 + 5**0.5) / 2]  # eigenvalues of [[1, 1], [1, 2]]
+    assert m["metric/0/TT/cond"] == pytest.approx(16.0)
+    assert m["metric/0/TT/logdet"] == pytest.approx(0.0, abs=1e-12)
+    assert m["metric/0/TT/dist_identity"] == pytest.approx(math.sqrt((9 + 0 + 0.75**2) / 3))
+    assert m["metric/0/VV/cond"] == pytest.approx(vv[1] / vv[0])
+    assert m["metric/0/VV/logdet"] == pytest.approx(0.0, abs=1e-12)  # det VᵀV = det(V)² = 1
+    assert m["metric/0/max_step"] == pytest.approx(0.1 * 4 * vv[1])
+
+
+def test_wandb_offline_run_without_network(tmp_path, monkeypatch):
+    """logger=wandb: an offline run whose history holds spectra, condition numbers, masks, validation and test
+    scores and pictures, PNGs in the run folder — with every network route pointing at a closed port."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    results = run(
+        cfg("model=mtuv", "logger=wandb", "logger.every=5", "logger.eval_every=10", "logger.images_every=10"), tmp_path
+    )
+    assert results["test"] > 0
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    keys = wandb_history_keys(run_file)
+    for layer in ("0", "2", "4"):
+        assert {f"metric/{layer}/TT/cond", f"metric/{layer}/VV/cond", f"metric/{layer}/max_step"} <= keys
+        assert {f"hist/{layer}/TT/values", f"hist/{layer}/VV/bins", f"mask/{layer}/hard"} <= keys
+        assert f"image/{layer}/path" in keys or any(k.startswith(f"image/{layer}/") for k in keys)
+        assert (tmp_path / "figures" / f"{layer}-step10.png").exists()
+        assert (tmp_path / "figures" / f"{layer}-step20.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"train/loss", "val/MSE", "val/MSE_ci95", "test/MSE", "baseline/MSE"} <= keys
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [5, 10, 15, 20]
+    assert sum("val/MSE" in r for r in rows) == 2
+
+
+def test_logger_none_writes_only_the_jsonl(tmp_path):
+    run(cfg("logger=none", "logger.every=10"), tmp_path)
+    assert not (tmp_path / "wandb").exists() and not (tmp_path / "figures").exists()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["metric/0/TT/cond"] == 1.0  # T = V = I before meta-training
+    assert {r["step"] for r in rows if "summary" not in r} == {0, 10, 20}
+    assert rows[-1]["summary"] and "test/MSE" in rows[-1]
+
+
+def test_logging_does_not_change_training(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    ra = run(cfg("model=mtuv", "logger=none", "logger.every=1", "logger.eval_every=3"), a)
+    rb = run(cfg("model=mtuv", "logger=none", "logger.every=0", "logger.eval_every=0"), b)
+    sa, sb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and ra["test"] == rb["test"]
+
+
+def test_finish_is_called_when_the_run_fails(tmp_path, monkeypatch):
+    finished = []
+
+    class Recording(RunLogger):
+        def finish(self, ok: bool = True) -> None:
+            finished.append(ok)
+            super().finish(ok)
+
+    monkeypatch.setattr(train, "make_logger", lambda kind, out_dir, *a: Recording(out_dir))
+    with pytest.raises(ValueError, match="unknown preset"):
+        run(cfg("model.name=nope"), tmp_path)
+    assert finished == [False]
+
+
+def test_bad_logger_settings_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown logger 'tensorboard'"):
+        make_logger("tensorboard", tmp_path)
+    with pytest.raises(ValueError, match="logger.mode='cloud'"):
+        make_logger("wandb", tmp_path, mode="cloud")
