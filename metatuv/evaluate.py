@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from metatuv.meta import evaluate
+from metatuv.meta import evaluate, format_score
 from metatuv.train import CHECKPOINT, REGRESSION, TEST_SEED_OFFSET, build_learner
 
 MIN_TASKS = 600  # the protocol of the papers we compare with; fewer only with --allow-few
@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"metatuv-eval: {e}") from None
-    pct, unit = (100.0, "%") if r["metric"] == "accuracy" else (1.0, "")
     print(
         f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']} {r['split']}: {r['metric']} over {r['tasks']} "
-        f"tasks, {r['inner_steps']} inner steps: {pct * r['mean']:.4f}{unit} ± {pct * r['ci95']:.4f}{unit} (95% CI)"
+        f"tasks, {r['inner_steps']} inner steps: {format_score(r['metric'], r['mean'], r['ci95'])} (95% CI)"
     )
     print(f"written to {r['written']}")
 

@@ -24,7 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
 from metatuv.inner.backends import Batch
 from metatuv.loggers import RunLogger, make_logger
-from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train, mse
+from metatuv.meta import (
+    MetaLearner,
+    accuracy,
+    cross_entropy,
+    evaluate,
+    format_score,
+    get_preset,
+    meta_train,
+    mse,
+)
 from metatuv.meta.learner import INNER_SEED_OFFSET
 from metatuv.meta.presets import Preset
 from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
@@ -355,15 +364,13 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
 def summary(cfg: DictConfig, r: dict) -> str:
     b, n, steps = cfg.benchmark, cfg.eval.tasks, cfg.inner.test_steps
     task = f"{b.ways}-way {b.shots}-shot" if b.get("ways") is not None else f"{b.shots}-shot"
-    pct = 100.0 if r["metric"] == "accuracy" else 1.0
-    unit = "%" if r["metric"] == "accuracy" else ""
     lines = [f"meta-test {r['metric']} over {n} tasks ({b.name} {task}, {steps} inner steps, 95% CI):"]
     trained = f"{r['preset']}, meta-trained {r['meta_steps']} steps"
-    lines.append(f"  {trained:<36} {pct * r['test']:.4f}{unit} ± {pct * r['test_ci95']:.4f}{unit}")
+    lines.append(f"  {trained:<36} {format_score(r['metric'], r['test'], r['test_ci95'])}")
     if "baseline" in r:
         lines.append(
-            f"  {'same net, un-meta-trained (baseline)':<36} {pct * r['baseline']:.4f}{unit} ± "
-            f"{pct * r['baseline_ci95']:.4f}{unit}"
+            f"  {'same net, un-meta-trained (baseline)':<36} "
+            f"{format_score(r['metric'], r['baseline'], r['baseline_ci95'])}"
         )
     return "\n".join(lines)
 
@@ -378,11 +385,10 @@ def _hydra_main(cfg: DictConfig) -> float:
         group, name = str(hc.sweep.dir), f"{hc.job.num}:{hc.job.override_dirname}"
     r = run(cfg, out_dir, group, name)
     print("\n" + summary(cfg, r))
-    pct, unit = (100.0, "%") if r["metric"] == "accuracy" else (1.0, "")
+    score = format_score(r["metric"], r["test"], r["test_ci95"])
     print(
-        f"done: {r['preset']} on {r['benchmark']}, {r['metric']} {pct * r['test']:.4f}{unit} ± "
-        f"{pct * r['test_ci95']:.4f}{unit} over {cfg.eval.tasks} tasks, {r['meta_steps']} meta-steps in "
-        f"{r['train_seconds']:.0f} s; outputs in {out_dir}"
+        f"done: {r['preset']} on {r['benchmark']}, {r['metric']} {score} over {cfg.eval.tasks} tasks, "
+        f"{r['meta_steps']} meta-steps in {r['train_seconds']:.0f} s; outputs in {out_dir}"
     )
     return r["test"]
 

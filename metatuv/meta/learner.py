@@ -202,6 +202,12 @@ def meta_train(
     return flush()
 
 
+def format_score(metric: str, mean: float, ci95: float) -> str:
+    """ "0.0213 ± 0.0029" for MSE, "92.7444% ± 0.5348%" for accuracy."""
+    pct, unit = (100.0, "%") if metric == "accuracy" else (1.0, "")
+    return f"{pct * mean:.4f}{unit} ± {pct * ci95:.4f}{unit}"
+
+
 def mean_ci95(values: Tensor) -> tuple[float, float]:
     """Mean and half-width of the normal 95% confidence interval, 1.96·s/√n."""
     values = values.double()
