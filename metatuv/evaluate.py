@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
+from metatuv.checkpoint import load_checkpoint
 from metatuv.meta import evaluate, format_score
 from metatuv.train import CHECKPOINT, REGRESSION, TEST_SEED_OFFSET, build_learner
 
@@ -38,7 +38,7 @@ def evaluate_checkpoint(
         path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a metatuv-train output folder or its {CHECKPOINT}.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state, path = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     if data_root is not None:
         cfg.paths.data_root = data_root
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         r = evaluate_checkpoint(
             a.checkpoint, a.tasks, a.steps, a.split, a.seed, a.data_root, a.device, progress=not a.no_progress
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         raise SystemExit(f"metatuv-eval: {e}") from None
     print(
         f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']} {r['split']}: {r['metric']} over {r['tasks']} "

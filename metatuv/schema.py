@@ -54,6 +54,7 @@ class OuterConfig:
     meta_batch: int = 4
     steps: int = 4000
     clip: float | None = 10.0
+    nonfinite: str = "stop"  # NaN/Inf meta-loss: stop (keep the last checkpoint) | skip the meta-batch
     # the meta-optimizer, instantiated by the entry point as optimizer(params, lr=lr)
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True})
 

@@ -5,10 +5,12 @@ Only this module (and the other entry points) read Hydra config objects; the lib
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,9 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from metatuv.checkpoint import load_checkpoint, save_checkpoint
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
+from metatuv.inner import BACKENDS, VECTORIZE
 from metatuv.inner.backends import Batch
-from metatuv.loggers import RunLogger, make_logger
+from metatuv.loggers import LOGGERS, RunLogger, make_logger
 from metatuv.meta import (
     MetaLearner,
     accuracy,
@@ -34,7 +38,7 @@ from metatuv.meta import (
     meta_train,
     mse,
 )
-from metatuv.meta.learner import INNER_SEED_OFFSET
+from metatuv.meta.learner import INNER_SEED_OFFSET, NONFINITE
 from metatuv.meta.presets import Preset
 from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.metric.plots import save_factor_figures
@@ -142,6 +146,43 @@ def statistics_hook(
     return hook, tracker
 
 
+def validate(cfg: DictConfig) -> None:
+    """Fail at start, with one line naming the key, the value and the fix, on values no run can use."""
+    i, o, b, e = cfg.inner, cfg.outer, cfg.benchmark, cfg.eval
+
+    def choice(key: str, value, options) -> tuple[bool, str]:
+        return value in options, f"{key}={value!r} is not one of {list(options)}"
+
+    rules = [
+        (i.lr > 0, f"inner.lr={i.lr} must be > 0 (e.g. inner.lr=0.01)"),
+        (i.steps >= 1, f"inner.steps={i.steps} must be >= 1"),
+        (i.test_steps >= 0, f"inner.test_steps={i.test_steps} must be >= 0"),
+        choice("inner.backend", i.backend, BACKENDS),
+        choice("inner.vectorize", i.vectorize, VECTORIZE),
+        (i.chunk_size is None or i.chunk_size >= 1, f"inner.chunk_size={i.chunk_size} must be null or >= 1"),
+        (o.lr > 0, f"outer.lr={o.lr} must be > 0 (e.g. outer.lr=0.001)"),
+        (o.meta_batch >= 1, f"outer.meta_batch={o.meta_batch} must be >= 1"),
+        (o.steps >= 0, f"outer.steps={o.steps} must be >= 0"),
+        (o.clip is None or o.clip > 0, f"outer.clip={o.clip} must be null or > 0"),
+        choice("outer.nonfinite", o.nonfinite, NONFINITE),
+        (b.shots >= 1, f"benchmark.shots={b.shots} must be >= 1"),
+        (b.queries >= 1, f"benchmark.queries={b.queries} must be >= 1"),
+        (b.ways is None or b.ways >= 2, f"benchmark.ways={b.ways} must be >= 2"),
+        (e.tasks >= 1 and e.batch >= 1, f"eval.tasks={e.tasks} and eval.batch={e.batch} must be >= 1"),
+        choice("metric.mode", cfg.metric.mode, MODES),
+        choice("logger.name", cfg.logger.name, LOGGERS),
+        (cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)"),
+        (
+            not str(cfg.device).startswith("cuda") or torch.cuda.is_available(),
+            f"device={cfg.device} but CUDA is not available here; use device=cpu",
+        ),
+    ]
+    get_preset(cfg.model.name)  # unknown preset: its own one-line error
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message + ".")
+
+
 def build_learner(
     cfg: DictConfig, eval_split: str = "test", with_val: bool = False
 ) -> tuple[Setup, Preset, MetaLearner]:
@@ -163,16 +204,6 @@ def build_learner(
         chunk_size=i.chunk_size,
     ).to(cfg.device)
     return setup, preset, learner
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic write: a temp file in the same folder, flushed to disk, then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 RESUME_IGNORES = (
@@ -205,6 +236,38 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
                 f"{path} was written by a run with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
                 "resume with the same config, or start a new folder (hydra.run.dir=...) or checkpoint.resume=false."
             )
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during meta-training: the current meta-step finished and a checkpoint was written."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        super().__init__(
+            f"interrupted after meta-step {step}; checkpoint written to {path}; rerun the same command "
+            "(same hydra.run.dir) to resume."
+        )
+        self.step, self.path = step, path
+
+
+@contextlib.contextmanager
+def ctrl_c_finishes_the_step(flag: list[int]):
+    """First Ctrl-C (SIGINT) only appends to ``flag`` (the loop checkpoints and stops after the current step);
+    a second one interrupts at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(signum)
+        print("\nCtrl-C: finishing this meta-step and writing a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def open_logger(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> RunLogger:
@@ -258,6 +321,7 @@ def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | No
 
 
 def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
+    validate(cfg)
     setup, preset, learner = build_learner(cfg, with_val=cfg.logger.eval_every > 0)
     i = cfg.inner
     baseline = copy.deepcopy(learner)
@@ -268,8 +332,8 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
 
     path, start, history, train_s = out_dir / CHECKPOINT, 0, [], 0.0
     if cfg.checkpoint.resume and path.exists():
-        state = torch.load(path, map_location=cfg.device, weights_only=False)
-        _check_same_run(state["config"], cfg, path)
+        state, used = load_checkpoint(path, cfg.device)
+        _check_same_run(state["config"], cfg, used)
         start, history, train_s = state["step"], state["history"], state["train_seconds"]
         if start > cfg.outer.steps:
             raise ValueError(f"{path} is at step {start} > outer.steps={cfg.outer.steps}; raise outer.steps.")
@@ -289,9 +353,10 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
 
     begin = time.perf_counter()
 
-    def checkpoint(step: int, losses: Callable[[], list[float]]) -> None:
+    def checkpoint(step: int, losses: Callable[[], list[float]], force: bool = False) -> None:
         done = step + 1
-        if done != cfg.outer.steps and not (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0):
+        periodic = cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0
+        if not (force or periodic or done == cfg.outer.steps):
             return
         state = {
             "step": done,
@@ -309,24 +374,30 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
 
     log = monitor(cfg, setup, learner, logger, out_dir)
 
+    stop_requested: list[int] = []
+
     def after_step(step: int, losses: Callable[[], list[float]]) -> None:
         log(step, losses)
-        checkpoint(step, losses)
+        checkpoint(step, losses, force=bool(stop_requested))
+        if stop_requested:
+            raise Interrupted(step + 1, path)
 
-    history = meta_train(
-        learner,
-        setup.train,
-        cfg.outer.steps,
-        cfg.outer.lr,
-        cfg.outer.clip,
-        cfg.progress,
-        optimizer=optimizer,
-        on_step=on_step,
-        start=start,
-        history=history,
-        generator=generator,
-        after_step=after_step,
-    )
+    with ctrl_c_finishes_the_step(stop_requested):
+        history = meta_train(
+            learner,
+            setup.train,
+            cfg.outer.steps,
+            cfg.outer.lr,
+            cfg.outer.clip,
+            cfg.progress,
+            optimizer=optimizer,
+            on_step=on_step,
+            start=start,
+            history=history,
+            generator=generator,
+            after_step=after_step,
+            nonfinite=cfg.outer.nonfinite,
+        )
     train_s += time.perf_counter() - begin
 
     def test(tested: MetaLearner) -> tuple[float, float]:
@@ -383,7 +454,15 @@ def _hydra_main(cfg: DictConfig) -> float:
     group = name = None
     if hc.mode == RunMode.MULTIRUN:  # runs of one sweep share a wandb group named after the sweep folder
         group, name = str(hc.sweep.dir), f"{hc.job.num}:{hc.job.override_dirname}"
-    r = run(cfg, out_dir, group, name)
+    try:
+        r = run(cfg, out_dir, group, name)
+    except Interrupted as e:
+        print(e, flush=True)
+        raise SystemExit(130) from None
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # the launcher records the failed job
+        raise SystemExit(f"metatuv-train: error: {e}") from None  # one line, no traceback
     print("\n" + summary(cfg, r))
     score = format_score(r["metric"], r["test"], r["test_ci95"])
     print(

@@ -13,9 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
+from metatuv.checkpoint import CheckpointError, load_checkpoint, previous, save_checkpoint
 from metatuv.evaluate import evaluate_checkpoint
 from metatuv.evaluate import main as eval_main
-from metatuv.train import CHECKPOINT, CONF_DIR, run, save_checkpoint
+from metatuv.train import CHECKPOINT, CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 
@@ -44,7 +45,7 @@ def test_resume_is_bit_identical(tmp_path, overrides):
     whole.mkdir(), parts.mkdir()
     a = run(cfg(10, "checkpoint.every=4", *overrides), whole)
     run(cfg(6, "checkpoint.every=4", *overrides), parts)
-    assert torch.load(parts / CHECKPOINT, weights_only=False)["step"] == 6
+    assert load_checkpoint(parts / CHECKPOINT)[0]["step"] == 6
     b = run(cfg(10, "checkpoint.every=4", *overrides), parts)
     assert same_params(whole, parts)
     assert a["test"] == b["test"] and a["final_train_loss"] == b["final_train_loss"]
@@ -63,15 +64,14 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / CHECKPOINT
     save_checkpoint(path, {"step": 1})
 
-    def broken(obj, f):
-        f.write(b"partial")
+    def broken(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken)
+    monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
-    assert torch.load(path)["step"] == 1  # the old checkpoint is intact
+    assert load_checkpoint(path)[0]["step"] == 1  # the old checkpoint is intact
 
 
 def test_sigkill_midway_then_restart_is_bit_identical(tmp_path):
@@ -90,7 +90,7 @@ def test_sigkill_midway_then_restart_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; raise outer.steps"
-    step = torch.load(killed / CHECKPOINT, weights_only=False)["step"]
+    step = load_checkpoint(killed / CHECKPOINT)[0]["step"]
     assert 0 < step < 120 and not (killed / "results.json").exists()
 
     again = subprocess.run(
@@ -132,3 +132,35 @@ def test_metatuv_eval_bad_input(tmp_path):
 def test_schema_rejects_typos_and_wrong_types_at_composition(override, message):
     with pytest.raises(ConfigCompositionException, match=message):
         cfg(3, override)
+
+
+def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path, capsys):
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, {"step": 1, "w": torch.arange(1000.0)})
+    save_checkpoint(path, {"step": 2, "w": torch.arange(1000.0)})
+    assert load_checkpoint(previous(path))[0]["step"] == 1
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    state, used = load_checkpoint(path)
+    assert state["step"] == 1 and used == previous(path)
+    assert "truncated" in capsys.readouterr().out
+    flipped = bytearray(good)
+    flipped[-10] ^= 0xFF  # one corrupted byte
+    path.write_bytes(bytes(flipped))
+    previous(path).unlink()
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a metatuv checkpoint.*no checkpoint.prev.pt"):
+        load_checkpoint(path)
+
+
+def test_resume_from_a_corrupted_checkpoint_falls_back(tmp_path):
+    run(cfg(8, "checkpoint.every=4"), tmp_path)  # checkpoints at steps 4 and 8
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:-100])
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    a = run(cfg(12, "checkpoint.every=4"), whole)
+    b = run(cfg(12, "checkpoint.every=4"), tmp_path)  # resumes from step 4
+    assert a["test"] == b["test"] and same_params(whole, tmp_path)

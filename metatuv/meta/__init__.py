@@ -2,6 +2,7 @@
 
 from metatuv.meta.learner import (
     MetaLearner,
+    NonFiniteLoss,
     accuracy,
     cross_entropy,
     evaluate,
@@ -17,6 +18,7 @@ __all__ = [
     "PRESETS",
     "InnerRule",
     "MetaLearner",
+    "NonFiniteLoss",
     "Preset",
     "accuracy",
     "cross_entropy",

@@ -146,6 +146,14 @@ class MetaLearner(nn.Module):
         return self.problem.adapt(params, xs, ys, extra, steps)
 
 
+NONFINITE = ("stop", "skip")
+MAX_SKIPS = 10  # consecutive skipped meta-batches before giving up (nonfinite="skip")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The meta-loss (or meta-gradient) became NaN/Inf."""
+
+
 def meta_train(
     learner: MetaLearner,
     batches: Iterator[Batch],
@@ -161,6 +169,7 @@ def meta_train(
     history: list[float] | None = None,
     generator: torch.Generator | None = None,
     after_step: Callable[[int, Callable[[], list[float]]], None] | None = None,
+    nonfinite: str = "stop",
 ) -> list[float]:
     """Adam (or ``optimizer``) on all meta parameters (T, V, U₀, b₀, rule) for meta-steps ``start … steps − 1``.
 
@@ -168,7 +177,14 @@ def meta_train(
     ``seed``) drives the inner loop's own randomness (MT-net masks). ``on_step(step)`` runs before each meta-step
     (e.g. re-estimating T and V from statistics), ``after_step(step, losses)`` after it (e.g. checkpointing;
     ``losses()`` returns the history so far, synchronizing the device only when called).
+
+    A NaN/Inf meta-loss raises NonFiniteLoss naming its step when the losses are next synchronized (every
+    ``log_every`` steps, and before ``after_step`` reads them — so no checkpoint holding it is written);
+    ``nonfinite="skip"`` instead checks every step (one host sync) and skips meta-batches whose loss or gradient is
+    not finite, giving up after MAX_SKIPS in a row.
     """
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"meta_train: nonfinite={nonfinite!r}; choose one of {list(NONFINITE)}.")
     if steps < 0 or meta_lr <= 0 or not 0 <= start <= steps:
         raise ValueError(f"meta_train: need 0 <= start={start} <= steps={steps} and meta_lr={meta_lr} > 0.")
     if optimizer is None:
@@ -181,20 +197,39 @@ def meta_train(
 
     def flush() -> list[float]:
         if pending:
-            losses.extend(torch.stack(pending).tolist())
+            new = torch.stack(pending).tolist()
             pending.clear()
+            bad = [i for i, v in enumerate(new) if not math.isfinite(v)]
+            if bad and nonfinite == "stop":  # (with "skip" the bad steps were not applied)
+                k = len(losses) + bad[0]
+                raise NonFiniteLoss(
+                    f"meta-loss is {new[bad[0]]} at meta-step {k}; stopped (checkpoints before it are kept). "
+                    "Lower outer.lr or inner.lr, set outer.clip, or outer.nonfinite=skip to skip such meta-batches."
+                )
+            losses.extend(new)
         return losses
 
+    skipped = 0
     bar = tqdm(range(start, steps), desc="meta-train", disable=not progress, mininterval=0.5, initial=start)
     for step in bar:
         if on_step is not None:
             on_step(step)
         optimizer.zero_grad(set_to_none=True)
-        pending.append(learner.backward(_next(batches, step), generator))
-        if clip is not None:
-            nn.utils.clip_grad_norm_(learner.parameters(), clip)
-        optimizer.step()
-        if progress and (step + 1) % log_every == 0:
+        loss = learner.backward(_next(batches, step), generator)
+        pending.append(loss)
+        # max_norm=inf leaves the gradients as they are; the total norm is NaN/Inf if any entry is
+        norm = nn.utils.clip_grad_norm_(learner.parameters(), clip if clip is not None else math.inf)
+        if nonfinite == "skip" and not torch.isfinite(loss + norm).item():
+            skipped += 1  # no update: the bad meta-batch is dropped (its loss stays in the history)
+            if skipped > MAX_SKIPS:
+                raise NonFiniteLoss(
+                    f"{skipped} meta-batches in a row had a non-finite loss or gradient up to meta-step {step}; "
+                    "stopped. Lower outer.lr or inner.lr."
+                )
+        else:
+            skipped = 0
+            optimizer.step()
+        if (step + 1) % log_every == 0:
             recent = flush()[-log_every:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         if after_step is not None:
