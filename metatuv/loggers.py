@@ -70,6 +70,19 @@ class RunLogger:
             self.wandb = None
 
 
+class NullLogger(RunLogger):
+    """Logs nothing (ranks other than 0 in a distributed run)."""
+
+    def __init__(self) -> None:
+        self.wandb, self.start = None, time.perf_counter()
+
+    def _write(self, record: dict) -> None:
+        pass
+
+    def finish(self, ok: bool = True) -> None:
+        pass
+
+
 def make_logger(
     kind: str,
     out_dir: Path,

@@ -19,6 +19,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +28,7 @@ from metatuv.checkpoint import load_checkpoint, save_checkpoint
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
 from metatuv.inner import BACKENDS, VECTORIZE
 from metatuv.inner.backends import Batch
-from metatuv.loggers import LOGGERS, RunLogger, make_logger
+from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger
 from metatuv.meta import (
     MetaLearner,
     accuracy,
@@ -38,6 +39,7 @@ from metatuv.meta import (
     meta_train,
     mse,
 )
+from metatuv.meta.distributed import init_from_env
 from metatuv.meta.learner import INNER_SEED_OFFSET, NONFINITE
 from metatuv.meta.presets import Preset
 from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
@@ -250,10 +252,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def ctrl_c_finishes_the_step(flag: list[int]):
+def ctrl_c_finishes_the_step(flag: list[int], enabled: bool = True):
     """First Ctrl-C (SIGINT) only appends to ``flag`` (the loop checkpoints and stops after the current step);
-    a second one interrupts at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
-    if threading.current_thread() is not threading.main_thread():
+    a second one interrupts at once. Only in the main thread (signal handlers cannot be set elsewhere) and not in
+    distributed runs (a per-rank flag would let the ranks' collectives diverge; there Ctrl-C stops at once and the
+    run resumes from the last periodic checkpoint)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
 
@@ -310,9 +314,14 @@ def monitor(
 def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> dict:
     """Meta-train (resuming from ``out_dir/checkpoint.pt`` if there is one), then evaluate the result and the
     un-meta-trained initialization on the same test tasks. ``group``/``name``: the wandb run group and name."""
-    logger = open_logger(cfg, out_dir, group, name)
+    rank, size = init_from_env(cfg.device)
+    if size > 1:  # every rank reads and rank 0 writes one folder: rank 0's (its clock named it)
+        shared = [str(out_dir)]
+        dist.broadcast_object_list(shared, src=0)
+        out_dir = Path(shared[0])
+    logger = open_logger(cfg, out_dir, group, name) if rank == 0 else NullLogger()
     try:
-        results = _run(cfg, out_dir, logger)
+        results = _run(cfg, out_dir, logger, (rank, size))
     except BaseException:
         logger.finish(ok=False)
         raise
@@ -320,8 +329,9 @@ def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | No
     return results
 
 
-def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
+def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, int] = (0, 1)) -> dict:
     validate(cfg)
+    rank, size = shard
     setup, preset, learner = build_learner(cfg, with_val=cfg.logger.eval_every > 0)
     i = cfg.inner
     baseline = copy.deepcopy(learner)
@@ -370,7 +380,8 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "config": _run_config(cfg),
         }
-        save_checkpoint(path, state)
+        if rank == 0:
+            save_checkpoint(path, state)
 
     log = monitor(cfg, setup, learner, logger, out_dir)
 
@@ -382,7 +393,7 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
         if stop_requested:
             raise Interrupted(step + 1, path)
 
-    with ctrl_c_finishes_the_step(stop_requested):
+    with ctrl_c_finishes_the_step(stop_requested, enabled=size == 1):
         history = meta_train(
             learner,
             setup.train,
@@ -397,8 +408,11 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger) -> dict:
             generator=generator,
             after_step=after_step,
             nonfinite=cfg.outer.nonfinite,
+            shard=shard if size > 1 else None,
         )
     train_s += time.perf_counter() - begin
+    if rank != 0:  # rank 0 evaluates and writes the results
+        return {"rank": rank, "meta_steps": cfg.outer.steps}
 
     def test(tested: MetaLearner) -> tuple[float, float]:
         seed = cfg.seed + TEST_SEED_OFFSET
@@ -463,6 +477,8 @@ def _hydra_main(cfg: DictConfig) -> float:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the launcher records the failed job
         raise SystemExit(f"metatuv-train: error: {e}") from None  # one line, no traceback
+    if "rank" in r:  # a distributed run's other ranks: rank 0 reports
+        return float("nan")
     print("\n" + summary(cfg, r))
     score = format_score(r["metric"], r["test"], r["test_ci95"])
     print(
@@ -479,7 +495,11 @@ def main() -> None:
             f"metatuv-train: config folder {CONF_DIR} not found; install from a clone with "
             "`pip install -r requirements-dev.txt` (editable install) so conf/ sits beside the package."
         )
-    _hydra_main()
+    try:
+        _hydra_main()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from metatuv.inner import Params, TaskProblem, task_losses
 from metatuv.inner.backends import BACKENDS, VECTORIZE, Batch
+from metatuv.meta.distributed import allreduce_
 from metatuv.meta.presets import Preset
 from metatuv.meta.rule import InnerRule
 from metatuv.nn import fast_names
@@ -124,17 +125,31 @@ class MetaLearner(nn.Module):
         """Mean over tasks of the query loss after adaptation."""
         return self.task_losses(batch, extras, params).mean()
 
-    def backward(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
+    def backward(
+        self, batch: Batch, generator: torch.Generator | None = None, shard: tuple[int, int] | None = None
+    ) -> Tensor:
         """Accumulate the meta-gradient of the mean query loss into ``.grad``, one backward per chunk of tasks.
 
-        Returns the (detached) meta-loss.
+        Returns the (detached) meta-loss. ``shard=(rank, world)``: only this rank's contiguous share of the tasks
+        (the extras, e.g. MT-net masks, are still drawn for the whole meta-batch), each still divided by the full
+        task count — summing ``.grad`` and the returned loss over the ranks gives the whole meta-batch's values.
         """
         tasks = len(batch[0])
         extras = self.sample_extras(tasks, generator)
         size = self.chunk_size or tasks
+        first, last = 0, tasks
+        if shard is not None:
+            rank, world = shard
+            if tasks % world:
+                raise ValueError(
+                    f"meta-batch of {tasks} tasks does not split over {world} processes; "
+                    f"make outer.meta_batch a multiple of {world}."
+                )
+            first, last = rank * tasks // world, (rank + 1) * tasks // world
+            size = min(size, last - first)
         total = torch.zeros((), dtype=batch[0].dtype if batch[0].is_floating_point() else torch.float32)
-        for start in range(0, tasks, size):
-            part = slice(start, start + size)
+        for start in range(first, last, size):
+            part = slice(start, min(start + size, last))
             losses = self.task_losses(tuple(b[part] for b in batch), tree_map(lambda t, part=part: t[part], extras))
             (losses.sum() / tasks).backward()
             total = total + losses.detach().sum().to(total.device)
@@ -170,6 +185,7 @@ def meta_train(
     generator: torch.Generator | None = None,
     after_step: Callable[[int, Callable[[], list[float]]], None] | None = None,
     nonfinite: str = "stop",
+    shard: tuple[int, int] | None = None,
 ) -> list[float]:
     """Adam (or ``optimizer``) on all meta parameters (T, V, U₀, b₀, rule) for meta-steps ``start … steps − 1``.
 
@@ -181,7 +197,8 @@ def meta_train(
     A NaN/Inf meta-loss raises NonFiniteLoss naming its step when the losses are next synchronized (every
     ``log_every`` steps, and before ``after_step`` reads them — so no checkpoint holding it is written);
     ``nonfinite="skip"`` instead checks every step (one host sync) and skips meta-batches whose loss or gradient is
-    not finite, giving up after MAX_SKIPS in a row.
+    not finite, giving up after MAX_SKIPS in a row. ``shard=(rank, world)`` (an initialized process group):
+    this rank adapts its share of every meta-batch and the meta-gradients are all-reduced (metatuv.meta.distributed).
     """
     if nonfinite not in NONFINITE:
         raise ValueError(f"meta_train: nonfinite={nonfinite!r}; choose one of {list(NONFINITE)}.")
@@ -215,7 +232,9 @@ def meta_train(
         if on_step is not None:
             on_step(step)
         optimizer.zero_grad(set_to_none=True)
-        loss = learner.backward(_next(batches, step), generator)
+        loss = learner.backward(_next(batches, step), generator, shard)
+        if shard is not None and shard[1] > 1:
+            loss = allreduce_(learner.parameters(), loss)
         pending.append(loss)
         # max_norm=inf leaves the gradients as they are; the total norm is NaN/Inf if any entry is
         norm = nn.utils.clip_grad_norm_(learner.parameters(), clip if clip is not None else math.inf)
