@@ -39,7 +39,9 @@ def main() -> None:
             print(f"repeat {r}: {name:<26} total {total:7.2f} s   meta-train {res['train_seconds']:7.2f} s", flush=True)
     base_total = min(t for t, _ in times["no logging"])
     base_train = min(t for _, t in times["no logging"])
-    print(f"\n{'setting':<26} {'total s (best)':>15} {'train s (best)':>15} {'overhead total':>15} {'overhead train':>15}")
+    print(
+        f"\n{'setting':<26} {'total s (best)':>15} {'train s (best)':>15} {'overhead total':>15} {'overhead train':>15}"
+    )
     for name, ts in times.items():
         total, trn = min(t for t, _ in ts), min(t for _, t in ts)
         print(
