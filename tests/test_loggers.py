@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,11 @@ def cfg(*overrides):
         return compose("config", ["outer.steps=20", "eval.tasks=10", "progress=false", *overrides])
 
 
-def wandb_history_keys(run_file: Path) -> set[str]:
-    """Keys of the history rows in an offline ``run-*.wandb`` file (a LevelDB-style log of protobuf records)."""
+def wandb_records(run_file: Path):
+    """The protobuf records of an offline ``run-*.wandb`` file (a LevelDB-style log: 32 KiB blocks, 7-byte headers)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    data, keys = run_file.read_bytes(), set()
+    data = run_file.read_bytes()
     assert data[:4] == b":W&B"
     pos, block, buf = 7, 32768, b""
     while pos + 7 <= len(data):
@@ -40,8 +42,14 @@ def wandb_history_keys(run_file: Path) -> set[str]:
             record = pb.Record()
             record.ParseFromString(buf)
             buf = b""
-            if record.WhichOneof("record_type") == "history":
-                keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+            yield record
+
+
+def wandb_history_keys(run_file: Path) -> set[str]:
+    keys = set()
+    for record in wandb_records(run_file):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
 
 
@@ -123,3 +131,24 @@ def test_bad_logger_settings_fail_clearly(tmp_path):
         make_logger("tensorboard", tmp_path)
     with pytest.raises(ValueError, match="logger.mode='cloud'"):
         make_logger("wandb", tmp_path, mode="cloud")
+
+
+def test_runs_of_one_sweep_share_a_wandb_group(tmp_path):
+    exe = Path(sys.executable).with_name("metatuv-train")
+    cmd = [
+        str(exe),
+        "-m",
+        "model=maml,tuv",
+        "outer.steps=2",
+        "eval.tasks=4",
+        "progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = [
+        next(r.run for r in wandb_records(f) if r.WhichOneof("record_type") == "run")
+        for f in sorted(tmp_path.glob("*/wandb/offline-run-*/run-*.wandb"))
+    ]
+    assert [r.run_group for r in runs] == [str(tmp_path)] * 2
+    assert [r.display_name.split(":")[0] for r in runs] == ["0", "1"]
