@@ -45,6 +45,7 @@ class InnerConfig:
     backend: str = "func"
     vectorize: str = "auto"
     chunk_size: int | None = None
+    compile: bool = False
     mask_temperature: float = 1.0
 
 

@@ -32,6 +32,7 @@ from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger
 from metatuv.meta import (
     MetaLearner,
     accuracy,
+    build_optimizer,
     cross_entropy,
     evaluate,
     format_score,
@@ -162,6 +163,7 @@ def validate(cfg: DictConfig) -> None:
         choice("inner.backend", i.backend, BACKENDS),
         choice("inner.vectorize", i.vectorize, VECTORIZE),
         (i.chunk_size is None or i.chunk_size >= 1, f"inner.chunk_size={i.chunk_size} must be null or >= 1"),
+        (not i.compile or i.backend == "func", f"inner.compile=true needs inner.backend=func, got {i.backend!r}"),
         (o.lr > 0, f"outer.lr={o.lr} must be > 0 (e.g. outer.lr=0.001)"),
         (o.meta_batch >= 1, f"outer.meta_batch={o.meta_batch} must be >= 1"),
         (o.steps >= 0, f"outer.steps={o.steps} must be >= 0"),
@@ -204,6 +206,7 @@ def build_learner(
         backend=i.backend,
         vectorize=i.vectorize,
         chunk_size=i.chunk_size,
+        compile=i.compile,
     ).to(cfg.device)
     return setup, preset, learner
 
@@ -214,6 +217,7 @@ RESUME_IGNORES = (
     "eval",
     "logger",
     "outer.steps",
+    "inner.compile",
 )  # may change between a run and its resumption
 
 
@@ -336,7 +340,7 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
     i = cfg.inner
     baseline = copy.deepcopy(learner)
     on_step, tracker = statistics_hook(cfg, setup, preset)
-    optimizer = hydra.utils.instantiate(cfg.outer.optimizer)(learner.parameters(), lr=cfg.outer.lr)
+    optimizer = build_optimizer(hydra.utils.instantiate(cfg.outer.optimizer), learner.parameters(), cfg.outer.lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed + INNER_SEED_OFFSET)
     streams = {"train": setup.train, "observe": setup.observe}
 

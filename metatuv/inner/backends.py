@@ -4,6 +4,9 @@
 - ``func``, ``vectorize="vmap"``: the same task function under ``torch.func.vmap`` over tasks;
 - ``func``, ``vectorize="auto"``: vmap for meta-batches of more than one task (it measured faster than the loop
   on GPU and, here, on 2 CPU cores as well), the loop for a single task;
+- ``compile=True`` (func only): the loop/vmap computation above, compiled by ``torch.compile`` (inductor): the inner
+  gradient is traced into the graph as plain ops, so the outer backward is one compiled first-order backward
+  (same meta-gradients; the first call compiles for tens of seconds, new shapes recompile);
 - ``higher``: ``higher.innerloop_ctx`` with an SGD over the fast parameters only;
 - ``learn2learn``: ``learn2learn.clone_module`` / ``update_module``, updating only the fast parameters.
 
@@ -150,18 +153,37 @@ def _learn2learn(problem: TaskProblem, params: Params, batch: Batch, extras: Any
     return torch.stack(losses)
 
 
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def _compiled(fn: Callable) -> Callable:
+    """torch.compile(fn), built once per function (dynamo then caches one graph per shape/guard set)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn)
+    return _COMPILED[fn]
+
+
 def task_losses(
-    problem: TaskProblem, params: Params, batch: Batch, extras: Any, backend: str = "func", vectorize: str = "auto"
+    problem: TaskProblem,
+    params: Params,
+    batch: Batch,
+    extras: Any,
+    backend: str = "func",
+    vectorize: str = "auto",
+    compile: bool = False,
 ) -> Tensor:
     """Query loss of every task after its inner loop, shape (tasks,), differentiable w.r.t. ``params``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown inner backend {backend!r}; choose one of {list(BACKENDS)} (inner.backend=...).")
     if vectorize not in VECTORIZE:
         raise ValueError(f"unknown vectorize={vectorize!r}; choose one of {list(VECTORIZE)} (inner.vectorize=...).")
+    if compile and backend != "func":
+        raise ValueError(f"inner.compile=true needs inner.backend=func (got {backend!r}); or set inner.compile=false.")
     if backend == "higher":
         return _higher(problem, params, batch, extras)
     if backend == "learn2learn":
         return _learn2learn(problem, params, batch, extras)
     if vectorize == "auto":  # vmap measured faster on CPU too (experiments/backends/README.md); loop for 1 task
         vectorize = "vmap" if len(batch[0]) > 1 else "loop"
-    return (_func_vmap if vectorize == "vmap" else _func_loop)(problem, params, batch, extras)
+    fn = _func_vmap if vectorize == "vmap" else _func_loop
+    return (_compiled(fn) if compile else fn)(problem, params, batch, extras)

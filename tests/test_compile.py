@@ -1,0 +1,58 @@
+"""inner.compile: the torch.compile'd meta-batch gives the eager meta-gradients (float64, ≤ 1e-10).
+
+Each compile takes tens of seconds on 2 CPU cores, hence the slow marker (they still run in CI).
+"""
+
+import pytest
+import torch
+from test_backends import build, meta_grads
+
+from metatuv.meta import MetaLearner, meta_train, mse
+from metatuv.nn import mlp
+
+pytestmark = pytest.mark.slow
+
+
+def compiled_vs_eager(learner, batch, extras, vectorize):
+    learner.compile = False
+    ref_loss, ref = meta_grads(learner, batch, extras, "func", vectorize)
+    learner.compile = True
+    loss, grads = meta_grads(learner, batch, extras, "func", vectorize)
+    learner.compile = False
+    assert abs(loss - ref_loss) <= 1e-10
+    assert grads.keys() == ref.keys() and len(ref) == len(list(learner.parameters()))
+    for n in ref:
+        err = (grads[n] - ref[n]).abs().max().item()
+        assert err <= 1e-10, (n, err)
+
+
+@pytest.mark.parametrize(
+    ("preset", "arch", "vectorize"),
+    [("mtuv", "mlp", "vmap"), ("tuv", "conv4", "loop")],
+    ids=["mtuv-mlp-vmap", "tuv-conv4bn-loop"],
+)
+def test_compiled_meta_gradients_equal_eager(preset, arch, vectorize):
+    learner, batch, extras = build(preset, arch, steps=2, first_order=False)
+    compiled_vs_eager(learner, batch, extras, vectorize)
+
+
+def test_compiled_training_equals_eager():
+    """Five meta-steps of sinusoid-shaped training: the same parameters with and without compile."""
+    finals = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = mlp([1, 40, 40, 1]).double()
+        learner = MetaLearner(model, mse, 0.01, 1, compile=compile)
+        g = torch.Generator().manual_seed(1)
+        batches = iter(
+            [tuple(torch.randn(4, 10, 1, generator=g, dtype=torch.float64) for _ in range(4)) for _ in range(5)]
+        )
+        meta_train(learner, batches, 5, progress=False)
+        finals.append({n: p.detach().clone() for n, p in learner.named_parameters()})
+    for n in finals[0]:
+        assert torch.allclose(finals[0][n], finals[1][n], atol=1e-10, rtol=0), n
+
+
+def test_compile_needs_func_backend():
+    with pytest.raises(ValueError, match="compile=True needs backend='func'"):
+        MetaLearner(mlp([1, 4, 1]), mse, 0.01, 1, backend="higher", compile=True)
