@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from metatuv.inner.backends import _import_learn2learn as import_learn2learn  # silences gym's notice
 from metatuv.meta import MetaLearner, cross_entropy, get_preset, mse
 from metatuv.nn import TUVLayer, conv4, fast_names, mlp, split_params
 
@@ -189,14 +190,8 @@ def naive_higher(model: nn.Module, wl: Workload, preset: str, loss: Callable) ->
     return run
 
 
-def _import_learn2learn():
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        import learn2learn  # prints a gym notice on import
-    return learn2learn
-
-
 def naive_learn2learn(model: nn.Module, wl: Workload, preset: str, loss: Callable) -> StepFn:
-    l2l = _import_learn2learn()
+    l2l = import_learn2learn()
     names = fast_names(model)
 
     def run(batch: Batch) -> None:

@@ -16,6 +16,7 @@ Every backend takes Δ from the same step rule, so MT-net masks, learned rates a
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,14 +154,10 @@ def _learn2learn(problem: TaskProblem, params: Params, batch: Batch, extras: Any
     return torch.stack(losses)
 
 
-_COMPILED: dict[Callable, Callable] = {}
-
-
+@functools.cache
 def _compiled(fn: Callable) -> Callable:
     """torch.compile(fn), built once per function (dynamo then caches one graph per shape/guard set)."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn)
-    return _COMPILED[fn]
+    return torch.compile(fn)
 
 
 def task_losses(
