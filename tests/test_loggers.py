@@ -152,3 +152,29 @@ def test_runs_of_one_sweep_share_a_wandb_group(tmp_path):
     ]
     assert [r.run_group for r in runs] == [str(tmp_path)] * 2
     assert [r.display_name.split(":")[0] for r in runs] == ["0", "1"]
+
+
+def test_wandb_failure_reaches_the_training_thread(tmp_path, monkeypatch):
+    """wandb runs on its own thread; an error there is raised at the next log call, not swallowed."""
+    import wandb
+
+    def broken_init(**kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    logger = make_logger("wandb", tmp_path, {"a": 1}, mode="offline")
+    logger.wandb.started.wait()
+    with pytest.raises(RuntimeError, match="wandb failed: OSError: disk full"):
+        logger.log({"x": 1.0}, 1)
+    logger.finish(ok=False)  # after a failure: closes without raising over the run's own error
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_wandb_online_without_login_fails_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(RuntimeError, match="wandb failed: .*(API key|api_key).*logger.mode=offline"):
+        make_logger("wandb", tmp_path, {"a": 1}, mode="online")

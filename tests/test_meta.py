@@ -142,3 +142,33 @@ def tiny_batch_1d():
 def test_learner_rejects_bad_inner_lr():
     with pytest.raises(ValueError, match="lr=-0.1"):
         MetaLearner(mlp([1, 2, 1]), half_sse, lr=-0.1, steps=1)
+
+
+@pytest.mark.parametrize("preset", ["mtuv", "metasgd"])
+@pytest.mark.parametrize("net", ["mlp", "conv4"])
+def test_vmapped_evaluation_equals_the_task_loop(preset, net):
+    """evaluate() vmaps the test tasks (whole batch, or chunks); the scores equal one task at a time (float64)."""
+    from metatuv.meta import evaluate
+    from metatuv.meta.learner import accuracy, cross_entropy, mse
+    from metatuv.meta.presets import get_preset
+    from metatuv.nn import conv4
+
+    p = get_preset(preset)
+    flags = {"use_T": p.use_T, "use_V": p.use_V, "use_mask": p.use_mask}
+    g = torch.Generator().manual_seed(0)
+    if net == "mlp":
+        model, loss, metric = mlp([1, 8, 8, 1], **flags).double(), mse, mse
+        batch = [torch.randn(5, n, 1, generator=g, dtype=D) for n in (4, 4, 6, 6)]
+    else:
+        model, loss, metric = conv4(3, hidden=4, image_size=8, **flags).double(), cross_entropy, accuracy
+        xs, xq = torch.randn(5, 3, 1, 8, 8, generator=g, dtype=D), torch.randn(5, 6, 1, 8, 8, generator=g, dtype=D)
+        batch = [xs, torch.arange(3).repeat(5, 1), xq, torch.arange(3).repeat(5, 2)]
+    for m in model.modules():
+        if isinstance(m, TUVLayer) and m.T is not None:
+            random_factors(m)
+    scores = {}
+    for vectorize, chunk in (("loop", None), ("vmap", None), ("auto", 2)):
+        learner = MetaLearner.from_preset(model, p, loss, 0.1, 1, vectorize=vectorize, chunk_size=chunk)
+        scores[vectorize] = evaluate(learner, itertools.repeat(tuple(batch)), 12, 3, metric, False, seed=1)
+    assert scores["vmap"] == pytest.approx(scores["loop"], rel=1e-10, abs=1e-12)
+    assert scores["auto"] == pytest.approx(scores["loop"], rel=1e-10, abs=1e-12)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
@@ -305,19 +306,34 @@ def evaluate(
 ) -> tuple[float, float]:
     """Adapt on each test task's support set (graph-free, ``steps`` inner steps) and score its query set.
 
-    Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width.
+    Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width. Tasks are vmapped in chunks of
+    ``learner.chunk_size`` (default: the whole batch) unless ``learner.vectorize == "loop"`` (one task at a time);
+    both give the same scores (tests/test_meta.py).
     """
     if tasks < 2:
         raise ValueError(f"evaluate: tasks={tasks} must be >= 2 for a confidence interval.")
     generator = torch.Generator(device=next(learner.parameters()).device).manual_seed(seed + INNER_SEED_OFFSET)
-    scores: list[Tensor] = []
     params = learner.params()
+
+    def score(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, extra: Any) -> Tensor:
+        adapted = learner.adapt_task(params, xs, ys, steps, extra)
+        return metric(learner.problem.forward(adapted, xq), yq)
+
+    scores: list[Tensor] = []  # one 1-d tensor of task scores per chunk
+    done = 0
     with torch.no_grad(), tqdm(total=tasks, desc="evaluate", disable=not progress, mininterval=0.5) as bar:
-        while len(scores) < tasks:
-            xs, ys, xq, yq = _next(batches, len(scores))
-            extras = learner.sample_extras(len(xs), generator)
-            for i in range(min(len(xs), tasks - len(scores))):
-                adapted = learner.adapt_task(params, xs[i], ys[i], steps, tree_map(lambda t, i=i: t[i], extras))
-                scores.append(metric(learner.problem.forward(adapted, xq[i]), yq[i]))
-                bar.update(1)
-    return mean_ci95(torch.stack(scores))
+        while done < tasks:
+            batch = _next(batches, done)
+            extras = learner.sample_extras(len(batch[0]), generator)
+            n = min(len(batch[0]), tasks - done)
+            size = 1 if learner.vectorize == "loop" else (learner.chunk_size or n)
+            for start in range(0, n, size):
+                part = slice(start, min(start + size, n))
+                args = (*(b[part] for b in batch), tree_map(lambda t, part=part: t[part], extras))
+                if size == 1:
+                    scores.append(score(*tree_map(lambda t: t[0], args)).reshape(1))
+                else:
+                    scores.append(vmap(score)(*args))
+                bar.update(part.stop - part.start)
+            done += n
+    return mean_ci95(torch.cat(scores))

@@ -1,0 +1,103 @@
+"""Sinusoid table (issue 10, study 1) from experiments/sinusoid/runs/<K>shot/<preset>/seed<s>/. Run from the repo root:
+
+    python experiments/sinusoid/summarize.py     # writes experiments/sinusoid/results.md and mse_vs_shots.png
+
+Meta-test MSE over 600 tasks after 10 inner steps (results.json, Lee & Choi's protocol) and after 1 step
+(eval-test-1steps-600tasks.json, the Meta-SGD paper's); mean ± 95% CI: over tasks for one seed, across seeds
+(1.96·s/√n) for several.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from metatuv.report import mean_ci  # noqa: E402
+
+HERE = Path(__file__).parent
+PRESETS = ("maml", "metasgd", "tnet", "mtnet", "tuv", "mtuv")
+SHOTS = (5, 10, 20)
+# Published, 1 inner step at test: Meta-SGD paper (Li et al. 2017, arXiv:1707.09835) Table 1, 5-shot, as quoted in
+# PaddlePaddle/PARL benchmark/torch/maml++/README.md. 10/20-shot values could not be verified (see README.md).
+PUBLISHED_1STEP = {("maml", 5): "1.13 ± 0.18", ("metasgd", 5): "0.90 ± 0.16"}
+
+
+def load(runs: Path) -> dict[tuple[str, int, int], dict]:
+    """{(preset, shots, steps): {"values": [...], "cis": [...], "seeds": [...], "seconds": [...]}}"""
+    table: dict[tuple[str, int, int], dict] = {}
+    for res in sorted(runs.glob("*shot/*/seed*/results.json")):
+        r = json.loads(res.read_text())
+        shots, seed = int(res.parts[-4].removesuffix("shot")), int(res.parts[-2].removeprefix("seed"))
+        test_steps = OmegaConf.load(res.parent / ".hydra" / "config.yaml").inner.test_steps
+        evals = {test_steps: (r["test"], r["test_ci95"])}
+        one = res.with_name("eval-test-1steps-600tasks.json")
+        if one.exists():
+            e = json.loads(one.read_text())
+            evals[1] = (e["mean"], e["ci95"])
+        for steps, (mean, ci) in evals.items():
+            cell = table.setdefault((r["preset"], shots, steps), {"values": [], "cis": [], "seeds": [], "seconds": []})
+            cell["values"].append(mean)
+            cell["cis"].append(ci)
+            cell["seeds"].append(seed)
+            cell["seconds"].append(r["train_seconds"])
+    return table
+
+
+def fmt(cell: dict | None) -> str:
+    if cell is None:
+        return "—"
+    stat = mean_ci(cell["values"], cell["cis"])
+    return "diverged (NaN)" if stat[0] != stat[0] else f"{stat[0]:.3f} ± {stat[1]:.3f}"
+
+
+def main() -> None:
+    table = load(HERE / "runs")
+    seeds = sorted({s for c in table.values() for s in c["seeds"]})
+    lines = [f"Seeds: {seeds}. Meta-test MSE over 600 tasks, mean ± 95% CI.", ""]
+    for steps in (10, 1):
+        lines += [
+            f"**{steps} inner step{'s' if steps > 1 else ''} at meta-test**"
+            + (" (Lee & Choi's protocol)" if steps == 10 else " (the Meta-SGD paper's protocol)"),
+            "",
+            "| preset | " + " | ".join(f"{k}-shot" for k in SHOTS) + (" | published 5-shot |" if steps == 1 else ""),
+            "|---|" + "---:|" * len(SHOTS) + ("---:|" if steps == 1 else ""),
+        ]
+        for p in PRESETS:
+            row = f"| {p} | " + " | ".join(fmt(table.get((p, k, steps))) for k in SHOTS) + " |"
+            if steps == 1:
+                row += f" {PUBLISHED_1STEP.get((p, 5), '—')} |"
+            lines.append(row)
+        lines.append("")
+    secs = [s for c in table.values() for s in c["seconds"]]
+    if secs:
+        lines.append(f"Meta-training time per run: {min(secs):.0f}–{max(secs):.0f} s (60,000 meta-steps).")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, steps in zip(axes, (1, 10), strict=True):
+        for p in PRESETS:
+            pts = [(k, mean_ci(c["values"], c["cis"])) for k in SHOTS if (c := table.get((p, k, steps)))]
+            pts = [(k, s) for k, s in pts if s[0] == s[0]]  # a diverged (NaN) cell has no point
+            if pts:
+                ks, stats = zip(*pts, strict=True)
+                ax.errorbar(ks, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=p)
+        ax.set_xscale("log")
+        ax.set_xticks(SHOTS, [str(k) for k in SHOTS])
+        ax.set_yscale("log")
+        ax.set_xlabel("shots K")
+        ax.set_title(f"{steps} inner step{'s' if steps > 1 else ''} at meta-test")
+    axes[0].set_ylabel("meta-test MSE (600 tasks)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "mse_vs_shots.png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()
