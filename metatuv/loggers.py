@@ -2,8 +2,8 @@
 
 One JSON object per line: {"step": int, "time": seconds since start, <key>: value, ...}. Histograms (spectra)
 go to the JSONL as lists and to wandb as ``wandb.Histogram``; pictures as PNG paths / ``wandb.Image``.
-The wandb run lives on its own thread (``WandbWorker``): its start-up (~2 s), every ``log`` and most of ``finish``
-overlap with meta-training instead of stalling it.
+The wandb run and the picture rendering live on the logger's own thread (``Worker``): wandb's start-up (~2 s),
+every ``log``, the PNGs and most of ``finish`` overlap with meta-training and testing instead of stalling them.
 """
 
 from __future__ import annotations
@@ -29,28 +29,30 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class WandbWorker:
-    """One daemon thread owns the wandb run: ``init()`` and then every submitted ``call(run)`` run there, in order.
-    A failure in wandb is raised in the training thread at the next ``submit`` or at ``close`` (never swallowed)."""
+class Worker:
+    """One daemon thread that runs ``init()`` (returning the wandb run, or None) and then every submitted
+    ``call(run)``, in order. A failure there is raised in the training thread at the next ``submit`` or at
+    ``close`` (never swallowed); after a failure the remaining calls are skipped."""
 
     def __init__(self, init: Callable[[], Any], wait: bool = False) -> None:
         self.calls: queue.Queue[Callable[[Any], Any] | None] = queue.Queue()
         self.error: BaseException | None = None
         self.started = threading.Event()
-        self.thread = threading.Thread(target=self._work, args=(init,), name="metatuv-wandb", daemon=True)
+        self.thread = threading.Thread(target=self._work, args=(init,), name="metatuv-logger", daemon=True)
         self.thread.start()
         if wait:  # online runs: a missing login fails here, at start, not some meta-steps later
             self.started.wait()
             self.raise_error()
 
     def _work(self, init: Callable[[], Any]) -> None:
+        run = None
         try:
             run = init()
         except BaseException as e:  # noqa: BLE001 — handed to the training thread
-            self.error, run = e, None
+            self.error = e
         self.started.set()
         while (call := self.calls.get()) is not None:
-            if run is not None and self.error is None:
+            if self.error is None:
                 try:
                     call(run)
                 except BaseException as e:  # noqa: BLE001
@@ -60,7 +62,8 @@ class WandbWorker:
         if self.error is not None:
             e, self.error = self.error, None
             raise RuntimeError(
-                f"wandb failed: {type(e).__name__}: {e} (logger.mode=offline needs no account; logger=none skips wandb)"
+                f"logger failed: {type(e).__name__}: {e} (wandb: logger.mode=offline needs no account; "
+                "logger=none skips wandb)"
             ) from e
 
     def submit(self, call: Callable[[Any], Any]) -> None:
@@ -68,7 +71,7 @@ class WandbWorker:
         self.calls.put(call)
 
     def close(self, check: bool = True) -> None:
-        """Wait for the queued calls (the last one is ``run.finish``); ``check``: raise a wandb failure."""
+        """Wait for the queued calls; ``check``: raise a failure that happened there."""
         self.calls.put(None)
         self.thread.join()
         if check:
@@ -76,73 +79,85 @@ class WandbWorker:
 
 
 class RunLogger:
-    """``log(metrics, step)``, ``histograms(arrays, step)``, ``images(paths, step)``, ``summary(values)``,
-    ``finish(ok)``. Always writes ``<out_dir>/metrics.jsonl``; with ``wandb`` (a ``WandbWorker``) also logs there."""
+    """``log(metrics, step)``, ``histograms(arrays, step)``, ``figures(render, step)``, ``summary(values)``,
+    ``finish(ok)``. Always writes ``<out_dir>/metrics.jsonl``; with ``init`` (returning a wandb run) also logs there.
+    wandb calls and figure rendering run on the logger's own thread (``Worker``), off the meta-training loop."""
 
-    def __init__(self, out_dir: Path, wandb: WandbWorker | None = None) -> None:
+    def __init__(self, out_dir: Path, init: Callable[[], Any] | None = None, wait: bool = False) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.file = open(self.path, "a")  # appended: a resumed run continues the same file
-        self.wandb = wandb
+        self.lock = threading.Lock()  # the worker writes image records too
+        self.use_wandb = init is not None
+        self.worker: Worker | None = Worker(init or (lambda: None), wait)
         self.start = time.perf_counter()
 
     def _write(self, record: dict) -> None:
-        self.file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        self.file.flush()
+        line = json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
+        with self.lock:
+            self.file.write(line)
+            self.file.flush()
+
+    def _wandb(self, call: Callable[[Any], Any]) -> None:
+        if self.use_wandb and self.worker is not None:
+            self.worker.submit(call)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._write({"step": step, "time": round(time.perf_counter() - self.start, 3), **metrics})
-        if self.wandb is not None:
-            values = dict(metrics)  # the caller may reuse its dict; the worker logs it later
-            self.wandb.submit(lambda run: run.log(values, step=step))
+        values = dict(metrics)  # the caller may reuse its dict; the worker logs it later
+        self._wandb(lambda run: run.log(values, step=step))
 
     def histograms(self, arrays: dict[str, Any], step: int) -> None:
         self._write({"step": step, **{f"hist/{k}": v for k, v in arrays.items()}})
-        if self.wandb is not None:
 
-            def call(run: Any) -> None:
-                import wandb
+        def call(run: Any) -> None:
+            import wandb
 
-                run.log({f"hist/{k}": wandb.Histogram(_jsonable(v)) for k, v in arrays.items()}, step=step)
+            run.log({f"hist/{k}": wandb.Histogram(_jsonable(v)) for k, v in arrays.items()}, step=step)
 
-            self.wandb.submit(call)
+        self._wandb(call)
 
-    def images(self, paths: dict[str, Path], step: int) -> None:
-        self._write({"step": step, **{f"image/{k}": str(p) for k, p in paths.items()}})
-        if self.wandb is not None:
+    def figures(self, render: Callable[[], dict[str, Path]], step: int) -> None:
+        """Run ``render()`` (writes PNGs, returns {name: path}) on the logger's thread, then log the pictures
+        (JSONL paths, ``wandb.Image``). ``render`` must not read tensors that training keeps changing: pass it a copy.
+        """
 
-            def call(run: Any) -> None:
+        def call(run: Any) -> None:
+            paths = render()
+            self._write({"step": step, **{f"image/{k}": str(p) for k, p in paths.items()}})
+            if run is not None:
                 import wandb
 
                 run.log({f"image/{k}": wandb.Image(str(p)) for k, p in paths.items()}, step=step)
 
-            self.wandb.submit(call)
+        if self.worker is not None:
+            self.worker.submit(call)
 
     def summary(self, values: dict[str, Any]) -> None:
         self._write({"summary": True, **values})
-        if self.wandb is not None:
-            summary = {k: _jsonable(v) for k, v in values.items()}
-            self.wandb.submit(lambda run: run.summary.update(summary))
+        summary = {k: _jsonable(v) for k, v in values.items()}
+        self._wandb(lambda run: run.summary.update(summary))
 
     def finish(self, ok: bool = True) -> None:
-        """Close the JSONL and finish the wandb run (exit code 1 when the run failed; then a wandb error is not
-        raised over the run's own)."""
-        self.file.close()
-        if self.wandb is not None:
-            worker, self.wandb = self.wandb, None
-            worker.calls.put(lambda run: run.finish(exit_code=0 if ok else 1))
+        """Wait for the logger's thread (pictures, wandb), finish the wandb run (exit code 1 when the run failed;
+        then a logger error is not raised over the run's own) and close the JSONL."""
+        if self.worker is None:
+            return
+        worker, self.worker = self.worker, None
+        if self.use_wandb:
+            worker.calls.put(lambda run: run.finish(exit_code=0 if ok else 1) if run is not None else None)
+        try:
             worker.close(check=ok)
+        finally:
+            self.file.close()
 
 
 class NullLogger(RunLogger):
     """Logs nothing (ranks other than 0 in a distributed run)."""
 
     def __init__(self) -> None:
-        self.wandb, self.start = None, time.perf_counter()
+        self.use_wandb, self.worker, self.start = False, None, time.perf_counter()
 
     def _write(self, record: dict) -> None:
-        pass
-
-    def finish(self, ok: bool = True) -> None:
         pass
 
 
@@ -192,4 +207,4 @@ def make_logger(
             ),
         )
 
-    return RunLogger(out_dir, WandbWorker(init, wait=mode == "online"))
+    return RunLogger(out_dir, init, wait=mode == "online")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -309,8 +310,8 @@ def monitor(
                 metrics |= {f"val/{setup.metric_name}": mean, f"val/{setup.metric_name}_ci95": ci}
             logger.log(metrics, done)
             logger.histograms({f"{n or 'layer'}/{k}": v for n, d in spectra.items() for k, v in d.items()}, done)
-        if due(done, lg.images_every) and done != cfg.outer.steps:
-            logger.images(save_factor_figures(setup.model, out_dir / "figures", done), done)
+        if due(done, lg.images_every) and done != cfg.outer.steps:  # rendered on the logger's thread, from a copy
+            logger.figures(partial(save_factor_figures, copy.deepcopy(setup.model), out_dir / "figures", done), done)
 
     return log
 
@@ -417,6 +418,9 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
     train_s += time.perf_counter() - begin
     if rank != 0:  # rank 0 evaluates and writes the results
         return {"rank": rank, "meta_steps": cfg.outer.steps}
+    if cfg.logger.images_every >= 0:  # the final pictures render on the logger's thread while the test runs
+        final_model, steps = copy.deepcopy(setup.model), cfg.outer.steps
+        logger.figures(partial(save_factor_figures, final_model, out_dir / "figures", steps), steps)
 
     def test(tested: MetaLearner) -> tuple[float, float]:
         seed = cfg.seed + TEST_SEED_OFFSET
@@ -445,8 +449,6 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
         final |= {f"baseline/{m}": results["baseline"], f"baseline/{m}_ci95": results["baseline_ci95"]}
     logger.log(final, cfg.outer.steps)
     logger.summary({**final, "train_seconds": results["train_seconds"]})
-    if cfg.logger.images_every >= 0:
-        logger.images(save_factor_figures(setup.model, out_dir / "figures", cfg.outer.steps), cfg.outer.steps)
     return results
 
 

@@ -163,8 +163,8 @@ def test_wandb_failure_reaches_the_training_thread(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wandb, "init", broken_init)
     logger = make_logger("wandb", tmp_path, {"a": 1}, mode="offline")
-    logger.wandb.started.wait()
-    with pytest.raises(RuntimeError, match="wandb failed: OSError: disk full"):
+    logger.worker.started.wait()
+    with pytest.raises(RuntimeError, match="logger failed: OSError: disk full"):
         logger.log({"x": 1.0}, 1)
     logger.finish(ok=False)  # after a failure: closes without raising over the run's own error
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
@@ -176,5 +176,5 @@ def test_wandb_online_without_login_fails_at_start(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    with pytest.raises(RuntimeError, match="wandb failed: .*(API key|api_key).*logger.mode=offline"):
+    with pytest.raises(RuntimeError, match="logger failed: .*(API key|api_key).*logger.mode=offline"):
         make_logger("wandb", tmp_path, {"a": 1}, mode="online")

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from metatuv.metric.summary import factor_spectra, tuv_layers  # noqa: E402
+from metatuv.metric.summary import factor_spectra, tuv_layers
 
 
 @torch.no_grad()
 def save_factor_figures(model: nn.Module, folder: Path, step: int) -> dict[str, Path]:
     """One PNG per TUV layer with T, V (heatmaps, absent factor = identity) and both spectra (log scale).
 
-    Returns {layer name: path}; files are ``<folder>/<layer>-step<step>.png``.
+    Returns {layer name: path}; files are ``<folder>/<layer>-step<step>.png``. No pyplot state: safe on the logger's
+    thread.
     """
     folder.mkdir(parents=True, exist_ok=True)
     spectra = factor_spectra(model)
     paths = {}
     for name, layer in tuv_layers(model).items():
         label = name or "layer"
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        fig = Figure(figsize=(12, 3.6))
+        FigureCanvasAgg(fig)  # files only, no display
+        axes = fig.subplots(1, 3)
         for ax, key in zip(axes[:2], ("T", "V"), strict=True):
             mat = getattr(layer, key)
             dim = layer.U.shape[0] if key == "T" else layer.U.shape[1]
@@ -46,6 +47,5 @@ def save_factor_figures(model: nn.Module, folder: Path, step: int) -> dict[str, 
         fig.tight_layout()
         path = folder / f"{label}-step{step}.png"
         fig.savefig(path, dpi=80)
-        plt.close(fig)
         paths[name] = path
     return paths
