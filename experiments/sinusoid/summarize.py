@@ -65,7 +65,7 @@ def main() -> None:
             f"**{steps} inner step{'s' if steps > 1 else ''} at meta-test**"
             + (" (Lee & Choi's protocol)" if steps == 10 else " (the Meta-SGD paper's protocol)"),
             "",
-            "| preset | " + " | ".join(f"{k}-shot" for k in SHOTS) + (" | published 5-shot |" if steps == 1 else ""),
+            "| preset | " + " | ".join(f"{k}-shot" for k in SHOTS) + (" | published 5-shot |" if steps == 1 else " |"),
             "|---|" + "---:|" * len(SHOTS) + ("---:|" if steps == 1 else ""),
         ]
         for p in PRESETS:

@@ -26,7 +26,7 @@ def save_factor_figures(model: nn.Module, folder: Path, step: int) -> dict[str, 
         label = name or "layer"
         fig = Figure(figsize=(12, 3.6))
         FigureCanvasAgg(fig)  # files only, no display
-        axes = fig.subplots(1, 3)
+        axes = fig.subplots(1, 3, gridspec_kw={"left": 0.03, "right": 0.98, "bottom": 0.15, "top": 0.82, "wspace": 0.3})
         for ax, key in zip(axes[:2], ("T", "V"), strict=True):
             mat = getattr(layer, key)
             dim = layer.U.shape[0] if key == "T" else layer.U.shape[1]
@@ -34,17 +34,22 @@ def save_factor_figures(model: nn.Module, folder: Path, step: int) -> dict[str, 
             lim = mat.abs().max().item() or 1.0
             im = ax.imshow(mat.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
             ax.set_title(f"{key} ({dim}×{dim})")
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            ax.set_xticks([])  # row/column indices carry no meaning; tick layout dominated the drawing time
+            ax.set_yticks([])
+            bar = fig.colorbar(im, ax=ax, fraction=0.046)
+            bar.set_ticks([-lim, 0.0, lim])
+            bar.ax.tick_params(labelsize=7)
+            bar.ax.minorticks_off()
         ax = axes[2]
         for key, color, text in (("TT", "C0", "TTᵀ"), ("VV", "C1", "VᵀV")):
             evals = spectra[name][key].clamp_min(1e-12).flip(0).numpy()
             ax.semilogy(range(1, len(evals) + 1), evals, "o-", ms=3, color=color, label=f"eig {text}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.minorticks_off()  # tick layout dominated the drawing time (no tight_layout either)
         ax.set_xlabel("index (descending)")
         ax.set_title("spectra")
         ax.legend()
         fig.suptitle(f"{label}, meta-step {step}")
-        fig.tight_layout()
         path = folder / f"{label}-step{step}.png"
         fig.savefig(path, dpi=80)
         paths[name] = path
