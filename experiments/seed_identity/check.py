@@ -77,7 +77,8 @@ def check(run: Path) -> tuple[str, dict]:
         scale = pred.abs().max().item()
         spectra[name] = (torch.linalg.eigvalsh(left).flip(0), torch.linalg.eigvalsh(right).flip(0))
         rows.append(
-            f"| {name} | {tuple(G.shape)} | {scale:.3e} | {(dW - pred).abs().max().item() / scale:.1e} | "
+            f"| {name} | {tuple(G.shape)} | {layer.weight.abs().max().item():.3f} | {scale:.3e} | "
+            f"{(dW - pred).abs().max().item():.1e} | {(dW - pred).abs().max().item() / scale:.1e} | "
             f"{(dW - kron).abs().max().item() / scale:.1e} | {(-alpha * G - dW).abs().max().item() / scale:.2f} |"
         )
     title = f"{cfg.benchmark.shots}shot-{preset.name}"
@@ -85,9 +86,9 @@ def check(run: Path) -> tuple[str, dict]:
         [
             f"### {run} ({preset.name}, {cfg.benchmark.shots}-shot, meta-step {state['step']}, α = {alpha})",
             "",
-            "| layer | W shape | max\\|ΔW\\| | matrix form: max error / max\\|ΔW\\| | Kronecker form: same "
-            "| plain-SGD step −αG: same |",
-            "|---|---|---:|---:|---:|---:|",
+            "| layer | W shape | max\\|W\\| | max\\|ΔW\\| | matrix form: max error | same / max\\|ΔW\\| "
+            "| Kronecker form: same | plain-SGD step −αG: same |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
             *rows,
         ]
     )

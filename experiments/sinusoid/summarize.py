@@ -87,14 +87,18 @@ def main() -> None:
             pts = [(k, s) for k, s in pts if s[0] == s[0]]  # a diverged (NaN) cell has no point
             if pts:
                 ks, stats = zip(*pts, strict=True)
-                ax.errorbar(ks, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=p)
+                color = f"C{PRESETS.index(p)}"  # the same color for a preset in both panels
+                ax.errorbar(
+                    ks, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=p, color=color
+                )
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(SHOTS, [str(k) for k in SHOTS])
         ax.set_yscale("log")
         ax.set_xlabel("shots K")
         ax.set_title(f"{steps} inner step{'s' if steps > 1 else ''} at meta-test")
     axes[0].set_ylabel("meta-test MSE (600 tasks)")
-    axes[1].legend()
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(HERE / "mse_vs_shots.png", dpi=90)
 
