@@ -144,7 +144,7 @@ class RunLogger:
             return
         worker, self.worker = self.worker, None
         if self.use_wandb:
-            worker.calls.put(lambda run: run.finish(exit_code=0 if ok else 1) if run is not None else None)
+            worker.calls.put(lambda run: run.finish(exit_code=0 if ok else 1))
         try:
             worker.close(check=ok)
         finally:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
+
+from metatuv.figure import figure
 
 SEED = "seed"
 LR = "inner.lr"
@@ -227,15 +227,9 @@ def smooth(steps: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return steps[w - 1 :], np.convolve(loss, np.ones(w) / w, mode="valid"), w
 
 
-def _figure(size: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)  # files only, no display
-    return fig
-
-
 def plot_learning_curves(keys: list[str], rows: list[Row], path: Path) -> Path:
     """Meta-training loss vs step, one line per configuration (mean over seeds); log-y for MSE."""
-    fig = _figure((7, 4.5))
+    fig = figure((7, 4.5))
     ax = fig.add_subplot()
     windows, drawn, positive = set(), 0, True
     for r in rows:
@@ -290,7 +284,7 @@ def plot_lr_sensitivity(keys: list[str], rows: list[Row], path: Path) -> Path:
         groups.setdefault(tuple(v for k, v in zip(keys, r.values, strict=True) if k != LR), []).append(r)
     metrics = _metrics(rows)
     pct, unit = _scale(metrics[0]) if len(metrics) == 1 else (1.0, "")
-    fig = _figure((6, 4.2))
+    fig = figure((6, 4.2))
     ax = fig.add_subplot()
     lrs = set()
     for values, group in groups.items():

@@ -287,6 +287,11 @@ def open_logger(cfg: DictConfig, out_dir: Path, group: str | None = None, name: 
     )
 
 
+def queue_figures(logger: RunLogger, model: torch.nn.Module, out_dir: Path, step: int) -> None:
+    """T, V heatmaps and spectra PNGs, rendered on the logger's thread from a copy of ``model`` (training goes on)."""
+    logger.figures(partial(save_factor_figures, copy.deepcopy(model), out_dir / "figures", step), step)
+
+
 def monitor(
     cfg: DictConfig, setup: Setup, learner: MetaLearner, logger: RunLogger, out_dir: Path
 ) -> Callable[[int, Callable[[], list[float]]], None]:
@@ -310,8 +315,8 @@ def monitor(
                 metrics |= {f"val/{setup.metric_name}": mean, f"val/{setup.metric_name}_ci95": ci}
             logger.log(metrics, done)
             logger.histograms({f"{n or 'layer'}/{k}": v for n, d in spectra.items() for k, v in d.items()}, done)
-        if due(done, lg.images_every) and done != cfg.outer.steps:  # rendered on the logger's thread, from a copy
-            logger.figures(partial(save_factor_figures, copy.deepcopy(setup.model), out_dir / "figures", done), done)
+        if due(done, lg.images_every) and done != cfg.outer.steps:
+            queue_figures(logger, setup.model, out_dir, done)
 
     return log
 
@@ -418,9 +423,8 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
     train_s += time.perf_counter() - begin
     if rank != 0:  # rank 0 evaluates and writes the results
         return {"rank": rank, "meta_steps": cfg.outer.steps}
-    if cfg.logger.images_every >= 0:  # the final pictures render on the logger's thread while the test runs
-        final_model, steps = copy.deepcopy(setup.model), cfg.outer.steps
-        logger.figures(partial(save_factor_figures, final_model, out_dir / "figures", steps), steps)
+    if cfg.logger.images_every >= 0:  # the final pictures render while the test runs
+        queue_figures(logger, setup.model, out_dir, cfg.outer.steps)
 
     def test(tested: MetaLearner) -> tuple[float, float]:
         seed = cfg.seed + TEST_SEED_OFFSET

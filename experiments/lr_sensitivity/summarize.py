@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from metatuv.figure import figure
 from metatuv.report import mean_ci
 
 HERE = Path(__file__).parent
@@ -76,7 +77,7 @@ def main() -> None:
     (HERE / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
-    fig = _figure()
+    fig = figure((10, 3.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, steps in zip(axes, (1, 10), strict=True):
         stats = all_stats[steps]
@@ -96,15 +97,6 @@ def main() -> None:
     axes[0].set_ylabel("meta-test MSE (600 tasks)")
     axes[0].legend()
     fig.savefig(HERE / "mse_vs_alpha.png", dpi=90)
-
-
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 
+from metatuv.figure import figure
 from metatuv.metric.summary import factor_spectra, tuv_layers
 
 
@@ -24,8 +23,7 @@ def save_factor_figures(model: nn.Module, folder: Path, step: int) -> dict[str, 
     paths = {}
     for name, layer in tuv_layers(model).items():
         label = name or "layer"
-        fig = Figure(figsize=(12, 3.6))
-        FigureCanvasAgg(fig)  # files only, no display
+        fig = figure((12, 3.6))
         axes = fig.subplots(1, 3, gridspec_kw={"left": 0.03, "right": 0.98, "bottom": 0.15, "top": 0.82, "wspace": 0.3})
         for ax, key in zip(axes[:2], ("T", "V"), strict=True):
             mat = getattr(layer, key)
