@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,25 @@ def wandb_records(run_file: Path):
             yield record
 
 
+def complete_records(run_file: Path, timeout: float = 30.0) -> list:
+    """The records once the file holds the run's ``exit`` record: ``run.finish()`` returns when wandb-core has
+    handled the exit, but its writer may flush the last 32 KiB block some milliseconds later (seen in CI)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(run_file))
+        except Exception:  # a record cut off mid-write
+            if time.monotonic() > deadline:
+                raise
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
 def wandb_history_keys(run_file: Path) -> set[str]:
     keys = set()
-    for record in wandb_records(run_file):
+    for record in complete_records(run_file):
         if record.WhichOneof("record_type") == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     return keys
@@ -147,7 +164,7 @@ def test_runs_of_one_sweep_share_a_wandb_group(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     runs = [
-        next(r.run for r in wandb_records(f) if r.WhichOneof("record_type") == "run")
+        next(r.run for r in complete_records(f) if r.WhichOneof("record_type") == "run")
         for f in sorted(tmp_path.glob("*/wandb/offline-run-*/run-*.wandb"))
     ]
     assert [r.run_group for r in runs] == [str(tmp_path)] * 2
