@@ -2,49 +2,48 @@
 
     python experiments/lr_sensitivity/summarize.py   # writes experiments/lr_sensitivity/results.md, mse_vs_alpha.png
 
-alpha = 0.04, 0.1 from experiments/lr_sensitivity/runs/lr<alpha>/<preset>/seed<s>/, alpha = 0.01 from the sinusoid
-table's 10-shot runs (same config). Meta-test MSE over 600 tasks after 10 and after 1 inner step (mean ± 95% CI).
+alpha = 0.04, 0.1 from records.json and experiments/lr_sensitivity/runs/lr<alpha>/<preset>/seed<s>/, alpha = 0.01
+from the sinusoid table's 10-shot records (same config); see experiments/records.py. Meta-test MSE over 600 tasks
+after 10 and after 1 inner step (mean ± 95% CI).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from metatuv.figure import figure
 from metatuv.report import mean_ci
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from records import sync  # noqa: E402
+
 PRESETS = ("maml", "metasgd", "tnet", "mtnet", "tuv", "mtuv")
 ALPHAS = (0.01, 0.04, 0.1)
 
 
-def runs_for(alpha: float, preset: str) -> list[Path]:
-    if alpha == 0.01:
-        return sorted((HERE.parent / "sinusoid" / "runs" / "10shot" / preset).glob("seed*/results.json"))
-    return sorted((HERE / "runs" / f"lr{alpha}" / preset).glob("seed*/results.json"))
+def scores() -> dict[tuple[str, float, int], list[tuple[float, float, int]]]:
+    """{(preset, alpha, test steps): [(mean, ci, seed), ...]} over 600 tasks: alpha 0.04 and 0.1 from this study's
+    records.json (updated with runs/lr<alpha>/<preset>/seed<s>/), alpha 0.01 from the sinusoid table's 10-shot
+    records (experiments/records.py)."""
+    out: dict[tuple[str, float, int], list[tuple[float, float, int]]] = {}
+    mine = sync(HERE, "lr*/*/seed*/results.json", lambda f: {"alpha": float(f.parts[-4].removeprefix("lr"))})
+    sinusoid = json.loads((HERE.parent / "sinusoid" / "records.json").read_text())
+    for r in mine + [{**r, "alpha": 0.01} for r in sinusoid if r["shots"] == 10]:
+        if r["tasks"] == 600:
+            out.setdefault((r["preset"], r["alpha"], r["test_steps"]), []).append((r["mean"], r["ci95"], r["seed"]))
+    return out
 
 
-def score(result: Path, steps: int) -> tuple[float, float] | None:
-    """(mean, ci) after ``steps`` test steps: results.json for 10, eval-test-1steps-600tasks.json for 1."""
-    if steps == 10:
-        r = json.loads(result.read_text())
-        return r["test"], r["test_ci95"]
-    one = result.with_name("eval-test-1steps-600tasks.json")
-    if not one.exists():
-        return None
-    e = json.loads(one.read_text())
-    return e["mean"], e["ci95"]
-
-
-def table(steps: int) -> tuple[list[str], dict]:
+def table(steps: int, found: dict) -> tuple[list[str], dict]:
     stats: dict[tuple[str, float], tuple[float, float, int]] = {}
     for p in PRESETS:
         for a in ALPHAS:
-            found = [x for f in runs_for(a, p) if (x := score(f, steps)) is not None]
-            if found:
-                mean, ci = mean_ci([m for m, _ in found], [c for _, c in found])
-                stats[(p, a)] = (mean, ci, len(found))
+            if cell := found.get((p, a, steps)):
+                mean, ci = mean_ci([m for m, _, _ in cell], [c for _, c, _ in cell])
+                stats[(p, a)] = (mean, ci, len(cell))
     lines = [
         f"**{steps} inner step{'s' if steps > 1 else ''} at meta-test**",
         "",
@@ -65,14 +64,17 @@ def table(steps: int) -> tuple[list[str], dict]:
 
 
 def main() -> None:
+    found = scores()
+    seeds = sorted({seed for cell in found.values() for _, _, seed in cell})
     lines = [
-        "Sinusoid 10-shot, seed 0, meta-test MSE over 600 tasks, mean ± 95% CI; last column: worst / best MSE over",
-        "the three α (1 = insensitive). α is the training and test step size (for metasgd: the initial rates).",
+        f"Sinusoid 10-shot, seeds {seeds}, meta-test MSE over 600 tasks, mean ± 95% CI (over tasks for one seed,",
+        "across seeds for several); last column: worst / best MSE over the three α (1 = insensitive).",
+        "α is the training and test step size (for metasgd: the initial rates).",
         "",
     ]
     all_stats = {}
     for steps in (10, 1):
-        part, all_stats[steps] = table(steps)
+        part, all_stats[steps] = table(steps, found)
         lines += part + [""]
     (HERE / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -2,6 +2,9 @@
 
     python experiments/sinusoid/summarize.py     # writes experiments/sinusoid/results.md and mse_vs_shots.png
 
+Scores come from records.json (kept in git, one record per run and test-step count) updated with the runs found
+under runs/<K>shot/<preset>/seed<s>/ (experiments/records.py): seeds run in different sessions add up.
+
 Meta-test MSE over 600 tasks after 10 inner steps (results.json, Lee & Choi's protocol) and after 1 step
 (eval-test-1steps-600tasks.json, the Meta-SGD paper's); mean ± 95% CI: over tasks for one seed, across seeds
 (1.96·s/√n) for several.
@@ -9,18 +12,20 @@ Meta-test MSE over 600 tasks after 10 inner steps (results.json, Lee & Choi's pr
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 from metatuv.report import mean_ci  # noqa: E402
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from records import sync  # noqa: E402
+
 PRESETS = ("maml", "metasgd", "tnet", "mtnet", "tuv", "mtuv")
 SHOTS = (5, 10, 20)
 # Published, 1 inner step at test: Meta-SGD paper (Li et al. 2017, arXiv:1707.09835) Table 1, 5-shot, as quoted in
@@ -28,23 +33,19 @@ SHOTS = (5, 10, 20)
 PUBLISHED_1STEP = {("maml", 5): "1.13 ± 0.18", ("metasgd", 5): "0.90 ± 0.16"}
 
 
-def load(runs: Path) -> dict[tuple[str, int, int], dict]:
-    """{(preset, shots, steps): {"values": [...], "cis": [...], "seeds": [...], "seconds": [...]}}"""
+def load() -> dict[tuple[str, int, int], dict]:
+    """{(preset, shots, test steps): {"values": [...], "cis": [...], "seeds": [...], "seconds": [...]}} from
+    records.json, updated with the runs under runs/ (experiments/records.py)."""
     table: dict[tuple[str, int, int], dict] = {}
-    for res in sorted(runs.glob("*shot/*/seed*/results.json")):
-        r = json.loads(res.read_text())
-        shots, seed = int(res.parts[-4].removesuffix("shot")), int(res.parts[-2].removeprefix("seed"))
-        test_steps = OmegaConf.load(res.parent / ".hydra" / "config.yaml").inner.test_steps
-        evals = {test_steps: (r["test"], r["test_ci95"])}
-        one = res.with_name("eval-test-1steps-600tasks.json")
-        if one.exists():
-            e = json.loads(one.read_text())
-            evals[1] = (e["mean"], e["ci95"])
-        for steps, (mean, ci) in evals.items():
-            cell = table.setdefault((r["preset"], shots, steps), {"values": [], "cis": [], "seeds": [], "seconds": []})
-            cell["values"].append(mean)
-            cell["cis"].append(ci)
-            cell["seeds"].append(seed)
+    for r in sync(HERE, "*shot/*/seed*/results.json", lambda f: {"shots": int(f.parts[-4].removesuffix("shot"))}):
+        if r["tasks"] != 600:
+            continue
+        cell = table.setdefault((r["preset"], r["shots"], r["test_steps"]), {"values": [], "cis": [], "seeds": []})
+        cell["values"].append(r["mean"])
+        cell["cis"].append(r["ci95"])
+        cell["seeds"].append(r["seed"])
+        cell.setdefault("seconds", [])
+        if r.get("train_seconds") is not None:
             cell["seconds"].append(r["train_seconds"])
     return table
 
@@ -57,7 +58,7 @@ def fmt(cell: dict | None) -> str:
 
 
 def main() -> None:
-    table = load(HERE / "runs")
+    table = load()
     seeds = sorted({s for c in table.values() for s in c["seeds"]})
     lines = [f"Seeds: {seeds}. Meta-test MSE over 600 tasks, mean ± 95% CI.", ""]
     for steps in (10, 1):

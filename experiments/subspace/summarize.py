@@ -48,7 +48,7 @@ def main() -> None:
                 series.setdefault((p, layer, "hard"), []).append((o, hard))
                 series.setdefault((p, layer, "expected"), []).append((o, exp))
             mse = np.mean([r["test"] for r in rs])
-            lines.append(f"| {p} | {o} | {len(rs)} | " + " | ".join(cells) + f" | {mse:.4f} |")
+            lines.append(f"| {p} | {o} | {len(rs)} | " + " | ".join(cells) + f" | {mse:.3g} |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,50 @@
+"""Per-run meta-test scores kept in git, one ``records.json`` per study, so that seeds run in different sessions add
+up: the run folders (``experiments/*/runs/``: checkpoints, wandb files) stay out of git and do not outlive a machine.
+
+A record is one evaluation of one run: the run's identity (``preset``, ``seed`` and the study's own fields such as
+``shots`` or ``alpha``), ``test_steps``, ``tasks``, ``mean``, ``ci95``, ``meta_steps``, ``train_seconds``.
+``sync`` merges the stored records with the runs found now (a run found now replaces its stored record).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+VALUES = ("mean", "ci95", "train_seconds", "note")  # everything else identifies a record
+
+
+def run_scores(results: Path) -> list[dict]:
+    """The records of one run folder: results.json (its config's test steps) and every metatuv-eval result of the
+    test split beside it (eval-test-<steps>steps-<tasks>tasks.json)."""
+    r = json.loads(results.read_text())
+    cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
+    run = {"preset": r["preset"], "seed": int(cfg.seed), "meta_steps": r["meta_steps"]}
+    run["train_seconds"] = r["train_seconds"]
+    out = [{**run, "test_steps": int(cfg.inner.test_steps), "tasks": int(cfg.eval.tasks)}]
+    out[0] |= {"mean": r["test"], "ci95": r["test_ci95"]}
+    for f in sorted(results.parent.glob("eval-test-*steps-*tasks.json")):
+        e = json.loads(f.read_text())
+        out.append({**run, "test_steps": e["inner_steps"], "tasks": e["tasks"], "mean": e["mean"], "ci95": e["ci95"]})
+    return out
+
+
+def key(record: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in record.items() if k not in VALUES))
+
+
+def sync(study: Path, pattern: str, fields: Callable[[Path], dict]) -> list[dict]:
+    """``study/records.json`` merged with ``study/runs/<pattern>`` (results.json files; ``fields(path)`` gives the
+    study's identity fields of a run from its path); writes the merged list back and returns it."""
+    path = study / "records.json"
+    merged = {key(r): r for r in (json.loads(path.read_text()) if path.exists() else [])}
+    for results in sorted((study / "runs").glob(pattern)):
+        for record in run_scores(results):
+            record = {**fields(results), **record}
+            merged[key(record)] = record
+    records = sorted(merged.values(), key=lambda r: [str(v) for v in key(r)])
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+    return records
