@@ -52,6 +52,7 @@ def rank_main(rank: int, world: int, port: int, preset: str, chunk_size, out: st
     loss = allreduce_(learner.parameters(), loss)
     if rank == 0:
         torch.save({"loss": loss, "grads": {n: p.grad for n, p in learner.named_parameters()}}, out)
+    dist.barrier()  # tear down together: a rank that left while its peer was still busy once aborted in gloo (CI)
     dist.destroy_process_group()
 
 
