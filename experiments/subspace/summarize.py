@@ -29,7 +29,8 @@ def main() -> None:
         found.setdefault((preset, order), []).append(json.loads(f.read_text()))
     lines = [
         "Polynomial regression, 10-shot. Mask on-fraction per layer (hard: P(on) > 1/2; expected: mean P(on)),",
-        "mean over seeds; meta-test MSE over 600 tasks after 10 steps.",
+        "mean over seeds (± the standard deviation across seeds); meta-test MSE over 600 tasks after 10 steps, mean",
+        "over seeds.",
         "",
         "| preset | order | seeds | layer 0 hard / exp. | layer 2 hard / exp. | layer 4 hard / exp. | MSE |",
         "|---|---:|---:|---|---|---|---:|",
@@ -43,8 +44,9 @@ def main() -> None:
             cells = []
             for layer in ("0", "2", "4"):
                 hard = float(np.mean([r["mask_fractions"][layer]["hard"] for r in rs]))
-                exp = float(np.mean([r["mask_fractions"][layer]["expected"] for r in rs]))
-                cells.append(f"{hard:.3f} / {exp:.3f}")
+                exps = [r["mask_fractions"][layer]["expected"] for r in rs]
+                exp, sd = float(np.mean(exps)), float(np.std(exps, ddof=1)) if len(exps) > 1 else 0.0
+                cells.append(f"{hard:.3f} / {exp:.3f}" + (f" ± {sd:.3f}" if len(exps) > 1 else ""))
                 series.setdefault((p, layer, "hard"), []).append((o, hard))
                 series.setdefault((p, layer, "expected"), []).append((o, exp))
             mse = np.mean([r["test"] for r in rs])
