@@ -77,12 +77,12 @@ def main() -> None:
         loss = json.loads(h.read_text())["loss"]
         axes[setting].plot(smooth(loss), label=preset, color=f"C{PRESETS.index(preset)}", lw=1)
     for setting, ax in axes.items():
-        ax.set_title(f"Omniglot {setting}, seed 0 (running mean of 100 steps)")
+        ax.set_title(f"Omniglot {setting}, seed 0")
         ax.set_xlabel("meta-step")
         ax.set_yscale("log")
         if ax.lines:
             ax.legend()
-    axes[SETTINGS[0]].set_ylabel("meta-training query loss")
+    axes[SETTINGS[0]].set_ylabel("query loss (running mean, 100 steps)")
     fig.savefig(HERE / "loss_curves.png", dpi=90)
 
 
