@@ -2,7 +2,8 @@
 up: the run folders (``experiments/*/runs/``: checkpoints, wandb files) stay out of git and do not outlive a machine.
 
 A record is one evaluation of one run: the run's identity (``preset``, ``seed`` and the study's own fields such as
-``shots`` or ``alpha``), ``test_steps``, ``tasks``, ``mean``, ``ci95``, ``meta_steps``, ``train_seconds``.
+``shots``, ``alpha`` or ``meta_batch``), ``meta_steps``, ``test_steps``, ``tasks``; values ``mean``, ``ci95``,
+``train_seconds``.
 ``sync`` merges the stored records with the runs found now (a run found now replaces its stored record).
 """
 
@@ -22,14 +23,17 @@ def run_scores(results: Path) -> list[dict]:
     test split beside it (eval-test-<steps>steps-<tasks>tasks.json)."""
     r = json.loads(results.read_text())
     cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
-    run = {"preset": r["preset"], "seed": int(cfg.seed), "meta_steps": r["meta_steps"]}
-    run["train_seconds"] = r["train_seconds"]
-    out = [{**run, "test_steps": int(cfg.inner.test_steps), "tasks": int(cfg.eval.tasks)}]
-    out[0] |= {"mean": r["test"], "ci95": r["test_ci95"]}
+    run = {
+        "preset": r["preset"],
+        "seed": int(cfg.seed),
+        "meta_steps": r["meta_steps"],
+        "train_seconds": r["train_seconds"],
+    }
+    evals = [(int(cfg.inner.test_steps), int(cfg.eval.tasks), r["test"], r["test_ci95"])]
     for f in sorted(results.parent.glob("eval-test-*steps-*tasks.json")):
         e = json.loads(f.read_text())
-        out.append({**run, "test_steps": e["inner_steps"], "tasks": e["tasks"], "mean": e["mean"], "ci95": e["ci95"]})
-    return out
+        evals.append((e["inner_steps"], e["tasks"], e["mean"], e["ci95"]))
+    return [{**run, "test_steps": s, "tasks": n, "mean": m, "ci95": c} for s, n, m, c in evals]
 
 
 def key(record: dict) -> tuple:

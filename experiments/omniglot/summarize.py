@@ -12,8 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from omegaconf import OmegaConf
+
 from metatuv.figure import figure
-from metatuv.report import mean_ci
+from metatuv.report import mean_ci, smooth
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
@@ -27,17 +30,14 @@ PUBLISHED = {("maml", "5w1s"): "98.7 ± 0.4", ("mtnet", "5w1s"): "99.5 ± 0.3"}
 PUBLISHED |= {("maml", "20w1s"): "95.8 ± 0.3", ("mtnet", "20w1s"): "96.2 ± 0.4"}
 
 
-def smooth(values: list[float], width: int = 100) -> list[float]:
-    """Running mean over the last ``width`` meta-steps."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v - (values[i - width] if i >= width else 0.0)
-        out.append(total / min(i + 1, width))
-    return out
+def run_fields(results: Path) -> dict:
+    """The study's identity of a run: its setting (folder) and meta-batch (config)."""
+    cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
+    return {"setting": results.parts[-4], "meta_batch": int(cfg.outer.meta_batch)}
 
 
 def main() -> None:
-    records = sync(HERE, "*w1s/*/seed*/results.json", lambda f: {"setting": f.parts[-4]})
+    records = sync(HERE, "*w1s/*/seed*/results.json", run_fields)
     lines = [
         "Meta-test accuracy (%) over 600 episodes, 10 inner steps, mean ± 95% CI (over episodes for one seed, across",
         "seeds for several). Published: 40,000 meta-steps (Lee & Choi 2018, Table 2).",
@@ -45,25 +45,21 @@ def main() -> None:
         "| setting | preset | meta-steps | meta-batch | seeds | train time / run | accuracy | published |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for setting in SETTINGS:
-        for p in PRESETS:
-            for steps in sorted({r["meta_steps"] for r in records if r["setting"] == setting and r["preset"] == p}):
-                rs = [
-                    r
-                    for r in records
-                    if (r["setting"], r["preset"], r["meta_steps"], r["test_steps"], r["tasks"])
-                    == (setting, p, steps, 10, 600)
-                ]
-                if not rs:
-                    continue
-                mean, ci = mean_ci([100 * r["mean"] for r in rs], [100 * r["ci95"] for r in rs])
-                secs = [r["train_seconds"] for r in rs if r.get("train_seconds") is not None]
-                time = f"{sum(secs) / len(secs) / 60:.0f} min" if secs else "—"
-                batch = 32 if setting == "5w1s" else 16
-                lines.append(
-                    f"| {setting} | {p} | {steps:,} | {batch} | {len(rs)} | {time} | {mean:.1f} ± {ci:.1f} | "
-                    f"{PUBLISHED.get((p, setting), '—')} |"
-                )
+    groups: dict[tuple, list[dict]] = {}  # (setting, preset, meta-steps, meta-batch) -> seeds
+    for r in records:
+        if (r["test_steps"], r["tasks"]) == (10, 600):
+            groups.setdefault((r["setting"], r["preset"], r["meta_steps"], r["meta_batch"]), []).append(r)
+    order = {k: i for i, k in enumerate(SETTINGS + PRESETS)}
+    for (setting, p, steps, batch), rs in sorted(
+        groups.items(), key=lambda g: (order[g[0][0]], order[g[0][1]], g[0][2:])
+    ):
+        mean, ci = mean_ci([100 * r["mean"] for r in rs], [100 * r["ci95"] for r in rs])
+        secs = [r["train_seconds"] for r in rs if r.get("train_seconds") is not None]
+        time = f"{sum(secs) / len(secs) / 60:.0f} min" if secs else "—"
+        lines.append(
+            f"| {setting} | {p} | {steps:,} | {batch} | {len(rs)} | {time} | {mean:.1f} ± {ci:.1f} | "
+            f"{PUBLISHED.get((p, setting), '—')} |"
+        )
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -74,15 +70,16 @@ def main() -> None:
     axes = dict(zip(SETTINGS, fig.subplots(1, 2), strict=True))
     for h in histories:
         setting, preset = h.parts[-4], h.parts[-3]
-        loss = json.loads(h.read_text())["loss"]
-        axes[setting].plot(smooth(loss), label=preset, color=f"C{PRESETS.index(preset)}", lw=1)
+        loss = np.asarray(json.loads(h.read_text())["loss"])
+        steps, curve, width = smooth(np.arange(len(loss)), loss)
+        axes[setting].plot(steps, curve, label=preset, color=f"C{PRESETS.index(preset)}", lw=1)
     for setting, ax in axes.items():
         ax.set_title(f"Omniglot {setting}, seed 0")
         ax.set_xlabel("meta-step")
         ax.set_yscale("log")
         if ax.lines:
             ax.legend()
-    axes[SETTINGS[0]].set_ylabel("query loss (running mean, 100 steps)")
+    axes[SETTINGS[0]].set_ylabel("query loss (trailing mean, ~2% of the run)")
     fig.savefig(HERE / "loss_curves.png", dpi=90)
 
 

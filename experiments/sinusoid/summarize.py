@@ -15,12 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from metatuv.report import mean_ci  # noqa: E402
+from metatuv.figure import figure
+from metatuv.report import mean_ci
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
@@ -40,11 +36,12 @@ def load() -> dict[tuple[str, int, int], dict]:
     for r in sync(HERE, "*shot/*/seed*/results.json", lambda f: {"shots": int(f.parts[-4].removesuffix("shot"))}):
         if r["tasks"] != 600:
             continue
-        cell = table.setdefault((r["preset"], r["shots"], r["test_steps"]), {"values": [], "cis": [], "seeds": []})
+        cell = table.setdefault(
+            (r["preset"], r["shots"], r["test_steps"]), {"values": [], "cis": [], "seeds": [], "seconds": []}
+        )
         cell["values"].append(r["mean"])
         cell["cis"].append(r["ci95"])
         cell["seeds"].append(r["seed"])
-        cell.setdefault("seconds", [])
         if r.get("train_seconds") is not None:
             cell["seconds"].append(r["train_seconds"])
     return table
@@ -81,7 +78,8 @@ def main() -> None:
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig = figure((10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, steps in zip(axes, (1, 10), strict=True):
         for p in PRESETS:
             pts = [(k, mean_ci(c["values"], c["cis"])) for k in SHOTS if (c := table.get((p, k, steps)))]
@@ -100,7 +98,6 @@ def main() -> None:
         ax.set_title(f"{steps} inner step{'s' if steps > 1 else ''} at meta-test")
     axes[0].set_ylabel("meta-test MSE (600 tasks)")
     axes[0].legend()
-    fig.tight_layout()
     fig.savefig(HERE / "mse_vs_shots.png", dpi=90)
 
 

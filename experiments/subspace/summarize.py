@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from metatuv.figure import figure
 
 HERE = Path(__file__).parent
 PRESETS = ("mtnet", "mtuv")
@@ -54,7 +52,8 @@ def main() -> None:
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, axes = plt.subplots(1, len(PRESETS), figsize=(10, 3.8), sharey=True)
+    fig = figure((10, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(PRESETS), sharey=True)
     for ax, p in zip(axes, PRESETS, strict=True):
         for i, layer in enumerate(("0", "2", "4")):
             for kind, style in (("hard", "o-"), ("expected", "s--")):
@@ -67,7 +66,6 @@ def main() -> None:
         ax.set_title(p)
     axes[0].set_ylabel("mask on-fraction")
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(HERE / "mask_vs_order.png", dpi=90)
 
 
