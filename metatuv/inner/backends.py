@@ -6,7 +6,8 @@
   on GPU and, here, on 2 CPU cores as well), the loop for a single task;
 - ``compile=True`` (func only): the loop/vmap computation above, compiled by ``torch.compile`` (inductor): the inner
   gradient is traced into the graph as plain ops, so the outer backward is one compiled first-order backward
-  (same meta-gradients; the first call compiles for tens of seconds, new shapes recompile);
+  (same meta-gradients; the first call compiles for tens of seconds, new shapes recompile). Training goes one step
+  further: ``MetaLearner.backward`` compiles ``torch.func.grad`` of the whole meta-loss into one graph;
 - ``higher``: ``higher.innerloop_ctx`` with an SGD over the fast parameters only;
 - ``learn2learn``: ``learn2learn.clone_module`` / ``update_module``, updating only the fast parameters.
 
@@ -155,7 +156,7 @@ def _learn2learn(problem: TaskProblem, params: Params, batch: Batch, extras: Any
 
 
 @functools.cache
-def _compiled(fn: Callable) -> Callable:
+def compiled(fn: Callable) -> Callable:
     """torch.compile(fn), built once per function (dynamo then caches one graph per shape/guard set)."""
     return torch.compile(fn)
 
@@ -183,4 +184,4 @@ def task_losses(
     if vectorize == "auto":  # vmap measured faster on CPU too (experiments/backends/README.md); loop for 1 task
         vectorize = "vmap" if len(batch[0]) > 1 else "loop"
     fn = _func_vmap if vectorize == "vmap" else _func_loop
-    return (_compiled(fn) if compile else fn)(problem, params, batch, extras)
+    return (compiled(fn) if compile else fn)(problem, params, batch, extras)

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import vmap
+from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from metatuv.inner import Params, TaskProblem, task_losses
-from metatuv.inner.backends import BACKENDS, VECTORIZE, Batch
+from metatuv.inner.backends import BACKENDS, VECTORIZE, Batch, compiled
 from metatuv.meta.distributed import allreduce_
 from metatuv.meta.presets import Preset
 from metatuv.meta.rule import InnerRule
@@ -128,6 +128,10 @@ class MetaLearner(nn.Module):
         compile = self.compile and backend == "func"
         return task_losses(self.problem, params, batch, extras, backend, self.vectorize, compile)
 
+    def forward(self, batch: Batch, extras: Any) -> Tensor:
+        """Query loss of every task after adaptation, shape (tasks,), by the func backend (eager; see task_losses)."""
+        return task_losses(self.problem, self.params(), batch, extras, "func", self.vectorize)
+
     def meta_loss(self, batch: Batch, params: Params | None = None, extras: Any = None) -> Tensor:
         """Mean over tasks of the query loss after adaptation."""
         return self.task_losses(batch, extras, params).mean()
@@ -157,15 +161,49 @@ class MetaLearner(nn.Module):
         total = torch.zeros((), dtype=batch[0].dtype if batch[0].is_floating_point() else torch.float32)
         for start in range(first, last, size):
             part = slice(start, min(start + size, last))
-            losses = self.task_losses(tuple(b[part] for b in batch), tree_map(lambda t, part=part: t[part], extras))
-            (losses.sum() / tasks).backward()
-            total = total + losses.detach().sum().to(total.device)
+            chunk, chunk_extras = tuple(b[part] for b in batch), tree_map(lambda t, part=part: t[part], extras)
+            if self.compile and self.backend == "func":
+                loss_sum = self._compiled_backward(chunk, chunk_extras, tasks)
+            else:
+                losses = self.task_losses(chunk, chunk_extras)
+                (losses.sum() / tasks).backward()
+                loss_sum = losses.detach().sum()
+            total = total + loss_sum.to(total.device)
         return total / tasks
+
+    def _compiled_backward(self, batch: Batch, extras: Any, tasks: int) -> Tensor:
+        """``.grad += ∂(Σ query losses / tasks)/∂θ`` for every trainable θ, from one compiled torch.func graph.
+
+        The whole meta-gradient (inner steps, query loss, and the backward through both) is ``torch.func.grad``
+        of a functional call of this learner, traced once by torch.compile: no autograd graph is recorded and
+        the autograd engine is not entered, which leaves far fewer kernel calls on small networks than compiling
+        the forward alone (experiments/benchmark/RESULTS.md). Returns Σ query losses (detached).
+        """
+        named = dict(self.named_parameters())
+        meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
+        fixed = {n: p.detach() for n, p in named.items() if not p.requires_grad} | dict(self.named_buffers())
+        grads, loss_sum = compiled(_meta_grads)(self, meta, fixed, batch, extras, tasks)
+        for n, g in grads.items():
+            p = named[n]
+            p.grad = g if p.grad is None else p.grad + g
+        return loss_sum
 
     def adapt_task(self, params: Params, xs: Tensor, ys: Tensor, steps: int | None = None, extra: Any = None) -> Params:
         """All parameters with the fast ones adapted on one support set (torch.func; graph-free under no_grad)."""
         extra = tree_map(lambda t: t[0], self.sample_extras(1)) if extra is None else extra
         return self.problem.adapt(params, xs, ys, extra, steps)
+
+
+def _meta_grads(
+    learner: MetaLearner, meta: Params, fixed: Params, batch: Batch, extras: Any, tasks: int
+) -> tuple[Params, Tensor]:
+    """(∂/∂meta of Σ_i L_i / tasks, Σ_i L_i) over the tasks i of ``batch``: ``learner`` called functionally."""
+
+    def scaled_loss(meta: Params) -> tuple[Tensor, Tensor]:
+        losses = functional_call(learner, {**meta, **fixed}, (batch, extras))  # (tasks in batch,)
+        return losses.sum() / tasks, losses.detach().sum()
+
+    return grad(scaled_loss, has_aux=True)(meta)
 
 
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params, lr: float) -> torch.optim.Optimizer:
