@@ -10,10 +10,13 @@ A record is one evaluation of one run: the run's identity (``preset``, ``seed`` 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from metatuv.report import mean_ci
 
 VALUES = ("mean", "ci95", "train_seconds", "note")  # everything else identifies a record
 
@@ -52,3 +55,28 @@ def sync(study: Path, pattern: str, fields: Callable[[Path], dict]) -> list[dict
     records = sorted(merged.values(), key=lambda r: [str(v) for v in key(r)])
     path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     return records
+
+
+def seed_stat(values: list[float], cis: list[float], seeds: list[int]) -> tuple[float, float, list[int]]:
+    """(mean, 95% CI, diverged seeds): ``metatuv.report.mean_ci`` over the seeds with a finite score (over tasks for
+    one, across seeds for several); the seeds whose score is NaN (some test task diverged) listed, not averaged."""
+    finite = [(v, c) for v, c in zip(values, cis, strict=True) if not math.isnan(v)]
+    diverged = sorted(s for s, v in zip(seeds, values, strict=True) if math.isnan(v))
+    if not finite:
+        return math.nan, math.nan, diverged
+    mean, ci = mean_ci([v for v, _ in finite], [c for _, c in finite])
+    return mean, ci, diverged
+
+
+def stat_text(stat: tuple[float, float, list[int]] | None, digits: int = 3) -> str:
+    """ "0.123 ± 0.010", "0.123 ± 0.010 (seed 2: NaN)", "diverged (NaN)" or "—" (no run)."""
+    if stat is None:
+        return "—"
+    mean, ci, diverged = stat
+    if math.isnan(mean):
+        return "diverged (NaN)"
+    spec = f".{digits}f" if abs(mean) < 1e3 else ".2e"  # a finite but exploded mean stays readable
+    text = f"{mean:{spec}} ± {ci:{spec}}"
+    if diverged:
+        text += f" (seed{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))}: NaN)"
+    return text

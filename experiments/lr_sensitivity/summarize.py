@@ -4,7 +4,8 @@
 
 alpha = 0.04, 0.1 from records.json and experiments/lr_sensitivity/runs/lr<alpha>/<preset>/seed<s>/, alpha = 0.01
 from the sinusoid table's 10-shot records (same config); see experiments/records.py. Meta-test MSE over 600 tasks
-after 10 and after 1 inner step (mean ± 95% CI).
+after 10 and after 1 inner step (mean ± 95% CI). A seed whose score is NaN (a test task diverged) is named in the
+cell, not averaged.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import sys
 from pathlib import Path
 
 from metatuv.figure import figure
-from metatuv.report import mean_ci
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from records import sync  # noqa: E402
+from records import seed_stat, stat_text, sync  # noqa: E402
 
 PRESETS = ("maml", "metasgd", "tnet", "mtnet", "tuv", "mtuv")
 ALPHAS = (0.01, 0.04, 0.1)
@@ -38,12 +38,11 @@ def scores() -> dict[tuple[str, float, int], list[tuple[float, float, int]]]:
 
 
 def table(steps: int, found: dict) -> tuple[list[str], dict]:
-    stats: dict[tuple[str, float], tuple[float, float, int]] = {}
+    stats: dict[tuple[str, float], tuple[float, float, list[int]]] = {}
     for p in PRESETS:
         for a in ALPHAS:
             if cell := found.get((p, a, steps)):
-                mean, ci = mean_ci([m for m, _, _ in cell], [c for _, c, _ in cell])
-                stats[(p, a)] = (mean, ci, len(cell))
+                stats[(p, a)] = seed_stat([m for m, _, _ in cell], [c for _, c, _ in cell], [s for _, _, s in cell])
     lines = [
         f"**{steps} inner step{'s' if steps > 1 else ''} at meta-test**",
         "",
@@ -51,14 +50,16 @@ def table(steps: int, found: dict) -> tuple[list[str], dict]:
         "|---|" + "---:|" * (len(ALPHAS) + 1),
     ]
     for p in PRESETS:
-        cells, means = [], []
-        for a in ALPHAS:
-            st = stats.get((p, a))
-            cells.append("—" if st is None else ("diverged (NaN)" if st[0] != st[0] else f"{st[0]:.3f} ± {st[1]:.3f}"))
-            if st is not None:
-                means.append(st[0])
-        ok = len(means) == len(ALPHAS) and all(m == m for m in means)
-        ratio = f"{max(means) / min(means):.2f}" if ok else ("∞ (NaN)" if len(means) == len(ALPHAS) else "—")
+        cells = [stat_text(stats.get((p, a))) for a in ALPHAS]
+        found_all = all((p, a) in stats for a in ALPHAS)
+        means = [stats[(p, a)][0] for a in ALPHAS if (p, a) in stats]
+        diverged = found_all and any(stats[(p, a)][2] for a in ALPHAS)
+        if not found_all:
+            ratio = "—"
+        elif any(m != m for m in means):
+            ratio = "∞ (NaN)"
+        else:
+            ratio = f"{max(means) / min(means):.2f}" + (" (finite seeds; ∞ with NaN)" if diverged else "")
         lines.append(f"| {p} | " + " | ".join(cells) + f" | {ratio} |")
     return lines, stats
 

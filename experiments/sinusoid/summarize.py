@@ -7,7 +7,7 @@ under runs/<K>shot/<preset>/seed<s>/ (experiments/records.py): seeds run in diff
 
 Meta-test MSE over 600 tasks after 10 inner steps (results.json, Lee & Choi's protocol) and after 1 step
 (eval-test-1steps-600tasks.json, the Meta-SGD paper's); mean ± 95% CI: over tasks for one seed, across seeds
-(1.96·s/√n) for several.
+(1.96·s/√n) for several. A seed whose score is NaN (a test task diverged) is named in the cell, not averaged.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 from metatuv.figure import figure
-from metatuv.report import mean_ci
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from records import sync  # noqa: E402
+from records import seed_stat, stat_text, sync  # noqa: E402
 
 PRESETS = ("maml", "metasgd", "tnet", "mtnet", "tuv", "mtuv")
 SHOTS = (5, 10, 20)
@@ -47,11 +46,12 @@ def load() -> dict[tuple[str, int, int], dict]:
     return table
 
 
+def stat(cell: dict | None) -> tuple[float, float, list[int]] | None:
+    return None if cell is None else seed_stat(cell["values"], cell["cis"], cell["seeds"])
+
+
 def fmt(cell: dict | None) -> str:
-    if cell is None:
-        return "—"
-    stat = mean_ci(cell["values"], cell["cis"])
-    return "diverged (NaN)" if stat[0] != stat[0] else f"{stat[0]:.3f} ± {stat[1]:.3f}"
+    return stat_text(stat(cell))
 
 
 def main() -> None:
@@ -82,8 +82,8 @@ def main() -> None:
     axes = fig.subplots(1, 2, sharey=True)
     for ax, steps in zip(axes, (1, 10), strict=True):
         for p in PRESETS:
-            pts = [(k, mean_ci(c["values"], c["cis"])) for k in SHOTS if (c := table.get((p, k, steps)))]
-            pts = [(k, s) for k, s in pts if s[0] == s[0]]  # a diverged (NaN) cell has no point
+            pts = [(k, stat(c)) for k in SHOTS if (c := table.get((p, k, steps)))]
+            pts = [(k, s) for k, s in pts if s[0] == s[0]]  # no point where every seed diverged (NaN)
             if pts:
                 ks, stats = zip(*pts, strict=True)
                 color = f"C{PRESETS.index(p)}"  # the same color for a preset in both panels
