@@ -209,6 +209,8 @@ def build_learner(
         chunk_size=i.chunk_size,
         compile=i.compile,
     ).to(cfg.device)
+    if i.compile:  # a fresh compile cache per run: jobs of one multirun process never reach dynamo's recompile limit
+        torch._dynamo.reset()
     return setup, preset, learner
 
 

@@ -13,6 +13,13 @@ from metatuv.nn import mlp
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def fresh_compile_cache():
+    """Every test compiles afresh: past dynamo's recompile limit a function silently runs eagerly, and a
+    compiled-vs-eager comparison would then compare eager with eager."""
+    torch._dynamo.reset()
+
+
 def compiled_vs_eager(learner, batch, extras, vectorize):
     learner.compile = False
     ref_loss, ref = meta_grads(learner, batch, extras, "func", vectorize)
