@@ -162,7 +162,7 @@ class MetaLearner(nn.Module):
         for start in range(first, last, size):
             part = slice(start, min(start + size, last))
             chunk, chunk_extras = tuple(b[part] for b in batch), tree_map(lambda t, part=part: t[part], extras)
-            if self.compile and self.backend == "func":
+            if self.compile:  # __init__ allows it with the func backend only
                 loss_sum = self._compiled_backward(chunk, chunk_extras, tasks)
             else:
                 losses = self.task_losses(chunk, chunk_extras)
