@@ -50,10 +50,12 @@ def rank_main(rank: int, world: int, port: int, preset: str, chunk_size, out: st
     learner, batch = make(preset, chunk_size)
     loss = learner.backward(batch, torch.Generator().manual_seed(2), shard=(rank, world))
     loss = allreduce_(learner.parameters(), loss)
-    if rank == 0:
-        torch.save({"loss": loss, "grads": {n: p.grad for n, p in learner.named_parameters()}}, out)
-    dist.barrier()  # tear down together: a rank that left while its peer was still busy once aborted in gloo (CI)
-    dist.destroy_process_group()
+    torch.save({"loss": loss, "grads": {n: p.grad for n, p in learner.named_parameters()}}, f"{out}.{rank}")
+    dist.barrier()
+    # Leave without torch's gloo teardown: under load in CI a rank aborted there twice ("terminate called without an
+    # active exception", SIGABRT in destroy_process_group / interpreter exit) after every result was written. What
+    # this test checks is the all-reduced meta-gradient, and both ranks' copies are compared in the parent.
+    os._exit(0)
 
 
 def free_port() -> int:
@@ -67,15 +69,16 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, preset, chunk_size):
     learner, batch = make(preset, chunk_size)
     loss = learner.backward(batch, torch.Generator().manual_seed(2))
     single = {n: p.grad for n, p in learner.named_parameters()}
-    out = str(tmp_path / "rank0.pt")
+    out = str(tmp_path / "grads.pt")
     mp.spawn(rank_main, args=(2, free_port(), preset, chunk_size, out), nprocs=2, join=True)
-    got = torch.load(out)
-    assert abs(got["loss"].item() - loss.item()) <= 1e-12
-    assert got["grads"].keys() == single.keys()
-    for name, g in single.items():
-        assert (g is None) == (got["grads"][name] is None), name
-        if g is not None:
-            assert (got["grads"][name] - g).abs().max().item() <= 1e-10, name
+    for rank in range(2):  # every rank holds the full meta-gradient after the all-reduce
+        got = torch.load(f"{out}.{rank}")
+        assert abs(got["loss"].item() - loss.item()) <= 1e-12
+        assert got["grads"].keys() == single.keys()
+        for name, g in single.items():
+            assert (g is None) == (got["grads"][name] is None), name
+            if g is not None:
+                assert (got["grads"][name] - g).abs().max().item() <= 1e-10, name
 
 
 def test_meta_batch_must_split_over_ranks():
