@@ -48,9 +48,9 @@ def test_compiled_meta_gradients_equal_eager(preset, arch, vectorize):
     [
         ("mtuv", "mlp", "vmap", None, "model.2.T"),
         ("metasgd", "mlp", "vmap", 2, None),
-        ("tuv", "conv4", "loop", None, None),
+        ("tuv", "conv4", "loop", 1, None),  # one task per chunk: a third of the graph to compile
     ],
-    ids=["mtuv-mlp-vmap-frozenT", "metasgd-mlp-vmap-chunk2", "tuv-conv4bn-loop"],
+    ids=["mtuv-mlp-vmap-frozenT", "metasgd-mlp-vmap-chunk2", "tuv-conv4bn-loop-chunk1"],
 )
 def test_compiled_backward_equals_eager(preset, arch, vectorize, chunk_size, freeze):
     """MetaLearner.backward with compile: one compiled torch.func.grad graph gives autograd's .grad (≤ 1e-10).

@@ -156,9 +156,15 @@ def _learn2learn(problem: TaskProblem, params: Params, batch: Batch, extras: Any
 
 
 @functools.cache
-def compiled(fn: Callable) -> Callable:
-    """torch.compile(fn), built once per function (dynamo then caches one graph per shape/guard set)."""
-    return torch.compile(fn)
+def compiled(fn: Callable, cpp_wrapper: bool = False) -> Callable:
+    """torch.compile(fn), built once per function (dynamo then caches one graph per shape/guard set).
+
+    ``cpp_wrapper``: inductor calls the graph's kernels from generated C++ instead of generated Python. The
+    compiled meta-gradient on CPU uses it: the sinusoid TUV meta-step is ~70 kernels of a few µs each, and the C++
+    wrapper made it 1.2× faster (experiments/benchmark/RESULTS.md); compiling a large graph takes longer with it
+    (a conv4 loop over 3 tasks × 2 steps: 197 s against 108 s), vmapped ones about the same.
+    """
+    return torch.compile(fn, options={"cpp_wrapper": True} if cpp_wrapper else None)
 
 
 def task_losses(

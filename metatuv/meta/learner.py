@@ -182,7 +182,8 @@ class MetaLearner(nn.Module):
         named = dict(self.named_parameters())
         meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
         fixed = {n: p.detach() for n, p in named.items() if not p.requires_grad} | dict(self.named_buffers())
-        grads, loss_sum = compiled(_meta_grads)(self, meta, fixed, batch, extras, tasks)
+        cpp_wrapper = next(iter(meta.values())).device.type == "cpu"  # CUDA: inductor's default wrapper (untested)
+        grads, loss_sum = compiled(_meta_grads, cpp_wrapper)(self, meta, fixed, batch, extras, tasks)
         for n, g in grads.items():
             p = named[n]
             p.grad = g if p.grad is None else p.grad + g
