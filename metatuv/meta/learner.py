@@ -182,7 +182,7 @@ class MetaLearner(nn.Module):
         named = dict(self.named_parameters())
         meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
         fixed = {n: p.detach() for n, p in named.items() if not p.requires_grad} | dict(self.named_buffers())
-        cpp_wrapper = next(iter(meta.values())).device.type == "cpu"  # CUDA: inductor's default wrapper (untested)
+        cpp_wrapper = batch[0].device.type == "cpu"  # CUDA keeps inductor's default Python wrapper (not measured)
         grads, loss_sum = compiled(_meta_grads, cpp_wrapper)(self, meta, fixed, batch, extras, tasks)
         for n, g in grads.items():
             p = named[n]
