@@ -63,6 +63,7 @@ class OuterConfig:
 @dataclass
 class ModelConfig:
     name: str = "tuv"
+    bias_inside_T: bool = False  # true: y = T(U·V·x + b) as in Lee & Choi's code; false: y = T·U·V·x + b (README)
 
 
 @dataclass

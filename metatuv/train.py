@@ -78,12 +78,15 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: b
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
+    inside = {"bias_inside_T": bool(cfg.model.get("bias_inside_T", False))}  # absent from runs written before it
+    if inside["bias_inside_T"] and not preset.use_T:
+        raise ValueError(f"model.bias_inside_T=true needs a preset with T (tnet, mtnet, tuv, mtuv), not {preset.name}.")
     if b.name in REGRESSION:
         if b.name == "sinusoid":
             bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
         else:
             bench = Polynomial(b.order, b.shots, b.queries, tuple(b.x_range))
-        model = mlp(list(b.arch.sizes), *flags)
+        model = mlp(list(b.arch.sizes), *flags, **inside)
         return Setup(
             model,
             mse,
@@ -107,7 +110,7 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: b
     used = {k: splits[k] for k in names}  # only these are sampled (and checked against ways/shots)
     fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
     c, h, _ = fs.image_shape
-    model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags)
+    model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags, **inside)
     return Setup(
         model,
         cross_entropy,
@@ -224,6 +227,9 @@ RESUME_IGNORES = (
 )  # may change between a run and its resumption
 
 
+ADDED_KEYS = {"model.bias_inside_T": False}  # keys added after runs were written: their value when absent
+
+
 def _run_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
@@ -240,7 +246,7 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
 
     old, new = flat(saved), flat(_run_config(cfg))
     for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
+        if old.get(key, ADDED_KEYS.get(key)) != new.get(key):
             raise ValueError(
                 f"{path} was written by a run with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
                 "resume with the same config, or start a new folder (hydra.run.dir=...) or checkpoint.resume=false."
