@@ -98,3 +98,26 @@ def test_compiled_training_equals_eager():
 def test_compile_needs_func_backend():
     with pytest.raises(ValueError, match="compile=True needs backend='func'"):
         MetaLearner(mlp([1, 4, 1]), mse, 0.01, 1, backend="higher", compile=True)
+
+
+def test_every_learner_stays_compiled():
+    """Compiled meta-gradients are cached per learner: past dynamo's recompile limit (8 models through one shared
+    function) every new learner still compiles its own graph instead of falling back to eager (dynamo's counters)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    g = torch.Generator().manual_seed(0)
+    batch = tuple(torch.randn(2, 3, 1, generator=g, dtype=torch.float64) for _ in range(4))
+    learners = []
+    for i in range(torch._dynamo.config.recompile_limit + 2):  # distinct models: 1, 2, … hidden layers
+        torch.manual_seed(i)
+        learner = MetaLearner(mlp((1, *[3] * (i + 1), 1)).double(), mse, 0.1, 1, compile=True)
+        ok_before = counters["frames"]["ok"]
+        learner.backward(batch, torch.Generator().manual_seed(1))
+        assert counters["frames"]["ok"] > ok_before, f"learner {i} ran eagerly: {dict(counters['frames'])}"
+        learners.append(learner)  # kept alive: a freed model's guards would let dynamo reuse its cache entry
+    assert counters["frames"]["total"] == counters["frames"]["ok"], dict(counters["frames"])
+    # the first learner's compiled graph is still its own: a second step compiles nothing new
+    ok = counters["frames"]["ok"]
+    learners[0].backward(batch, torch.Generator().manual_seed(2))
+    assert counters["frames"]["ok"] == ok and counters["frames"]["total"] == ok

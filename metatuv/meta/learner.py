@@ -90,6 +90,7 @@ class MetaLearner(nn.Module):
         self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature)
         self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.make_rule)
         self.backend, self.vectorize, self.chunk_size, self.compile = backend, vectorize, chunk_size, compile
+        self._compiled: dict = {}  # this learner's own compiled meta-gradient (inner.backends.compiled)
 
     @classmethod
     def from_preset(cls, model: nn.Module, preset: Preset, loss: LossFn, lr: float, steps: int, **kw) -> MetaLearner:
@@ -183,7 +184,7 @@ class MetaLearner(nn.Module):
         meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
         fixed = {n: p.detach() for n, p in named.items() if not p.requires_grad} | dict(self.named_buffers())
         cpp_wrapper = batch[0].device.type == "cpu"  # CUDA keeps inductor's default Python wrapper (not measured)
-        grads, loss_sum = compiled(_meta_grads, cpp_wrapper)(self, meta, fixed, batch, extras, tasks)
+        grads, loss_sum = compiled(_meta_grads, cpp_wrapper, self._compiled)(self, meta, fixed, batch, extras, tasks)
         for n, g in grads.items():
             p = named[n]
             p.grad = g if p.grad is None else p.grad + g
