@@ -4,20 +4,24 @@
     metatuv-eval RUN --tasks 2000 --steps 10 --split val  # more episodes, other step count, validation classes
 
 The network, benchmark and inner loop are rebuilt from the resolved config stored in the checkpoint; prints the
-mean ± 95% CI and writes it to ``eval-<split>-<steps>steps-<tasks>tasks.json`` beside the checkpoint.
+mean ± 95% CI and writes it to ``eval-<split>-<steps>steps-<tasks>tasks.json`` beside the checkpoint (strict JSON,
+written atomically). A non-finite score is written as ``null`` with ``"status": "diverged"``, and metatuv-eval
+exits with status 3 (``DIVERGED_EXIT``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from metatuv.checkpoint import load_checkpoint
-from metatuv.meta import evaluate, format_score
-from metatuv.train import CHECKPOINT, REGRESSION, TEST_SEED_OFFSET, build_learner
+from metatuv.files import RunFileError, write_json
+from metatuv.meta import evaluate
+from metatuv.train import CHECKPOINT, DIVERGED_EXIT, REGRESSION, TEST_SEED_OFFSET, build_learner, score_text
 
 MIN_TASKS = 600  # the protocol of the papers we compare with; fewer only with --allow-few
 
@@ -54,7 +58,9 @@ def evaluate_checkpoint(
     steps = cfg.inner.test_steps if steps is None else steps
     seed = cfg.seed + TEST_SEED_OFFSET if seed is None else seed
     mean, ci = evaluate(learner, setup.test(), tasks, steps, setup.metric, progress, seed)
+    finite = math.isfinite(mean) and math.isfinite(ci)
     result = {
+        "status": "ok" if finite else "diverged",
         "checkpoint": str(path),
         "meta_step": state["step"],
         "benchmark": cfg.benchmark.name,
@@ -63,11 +69,11 @@ def evaluate_checkpoint(
         "metric": setup.metric_name,
         "tasks": tasks,
         "inner_steps": steps,
-        "mean": mean,
-        "ci95": ci,
+        "mean": mean if finite else None,  # strict JSON: a non-finite score is null
+        "ci95": ci if finite else None,
     }
     out = path.with_name(f"eval-{split}-{steps}steps-{tasks}tasks.json")
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     result["written"] = str(out)
     return result
 
@@ -89,19 +95,24 @@ def main(argv: list[str] | None = None) -> None:
         p.error(
             f"--tasks={a.tasks} is below {MIN_TASKS}, too few for a 95% CI to compare with papers; add --allow-few."
         )
+    if a.tasks < 2:
+        p.error(f"--tasks={a.tasks} must be >= 2 (a 95% CI needs two tasks).")
     if a.steps is not None and a.steps < 0:
         p.error(f"--steps={a.steps} must be >= 0.")
     try:
         r = evaluate_checkpoint(
             a.checkpoint, a.tasks, a.steps, a.split, a.seed, a.data_root, a.device, progress=not a.no_progress
         )
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
+    except (FileNotFoundError, ValueError, RunFileError) as e:  # CheckpointError is a ValueError
         raise SystemExit(f"metatuv-eval: {e}") from None
     print(
         f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']} {r['split']}: {r['metric']} over {r['tasks']} "
-        f"tasks, {r['inner_steps']} inner steps: {format_score(r['metric'], r['mean'], r['ci95'])} (95% CI)"
+        f"tasks, {r['inner_steps']} inner steps: {score_text(r['metric'], r['mean'], r['ci95'])} (95% CI)"
     )
     print(f"written to {r['written']}")
+    if r["status"] == "diverged":
+        print(f"metatuv-eval: DIVERGED: the score is not finite (null in {r['written']})", file=sys.stderr)
+        raise SystemExit(DIVERGED_EXIT)
 
 
 if __name__ == "__main__":

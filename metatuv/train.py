@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
+import math
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metatuv.checkpoint import load_checkpoint, save_checkpoint
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
+from metatuv.files import RunFileError, save_torch, write_json
 from metatuv.inner import BACKENDS, VECTORIZE
 from metatuv.inner.backends import Batch
 from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger
@@ -48,7 +50,7 @@ from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.metric.plots import save_factor_figures
 from metatuv.metric.summary import factor_spectra, learned_metrics
 from metatuv.nn import conv4, mlp
-from metatuv.schema import register
+from metatuv.schema import register, unknown_keys
 
 register()  # the typed schema conf/config.yaml starts from
 
@@ -58,6 +60,7 @@ REGRESSION = ("sinusoid", "polynomial")
 STATS_SEED_OFFSET = 2_000_003  # tasks observed for T/V statistics come from their own stream
 VAL_SEED_OFFSET = 3_000_017  # validation tasks (logger.eval_every)
 CHECKPOINT = "checkpoint.pt"
+DIVERGED_EXIT = 3  # exit status of a run whose meta-test (or baseline) score is not finite
 
 
 @dataclass
@@ -150,9 +153,37 @@ def statistics_hook(
     return hook, tracker
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run here (one line with the fix), or None: cpu, cuda[:N] when present, mps when present."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"device={device!r} is not a torch device; use device=cpu or device=cuda (cuda:N for one GPU)"
+    if d.type == "cpu":
+        return None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"device={device} but CUDA is not available here; use device=cpu"
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            return f"device={device} but this machine has {torch.cuda.device_count()} CUDA device(s); use device=cuda"
+        return None
+    if d.type == "mps":
+        available = torch.backends.mps.is_available()
+        return None if available else f"device={device} but MPS is not available here; use device=cpu"
+    return f"device={device} is not supported; use device=cpu or device=cuda"
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail at start, with one line naming the key, the value and the fix, on values no run can use."""
-    i, o, b, e = cfg.inner, cfg.outer, cfg.benchmark, cfg.eval
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False))
+    if unknown:
+        key, close = unknown[0]
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(
+            f"{key} is not a config key (added with +{key}=...?); {hint}the keys are the fields of "
+            "metatuv/schema.py: drop it or fix its name."
+        )
+    i, o, b, e, lg = cfg.inner, cfg.outer, cfg.benchmark, cfg.eval, cfg.logger
 
     def choice(key: str, value, options) -> tuple[bool, str]:
         return value in options, f"{key}={value!r} is not one of {list(options)}"
@@ -173,14 +204,20 @@ def validate(cfg: DictConfig) -> None:
         (b.shots >= 1, f"benchmark.shots={b.shots} must be >= 1"),
         (b.queries >= 1, f"benchmark.queries={b.queries} must be >= 1"),
         (b.ways is None or b.ways >= 2, f"benchmark.ways={b.ways} must be >= 2"),
-        (e.tasks >= 1 and e.batch >= 1, f"eval.tasks={e.tasks} and eval.batch={e.batch} must be >= 1"),
+        (e.tasks >= 2, f"eval.tasks={e.tasks} must be >= 2 (a 95% CI needs two tasks; the papers use 600)"),
+        (e.batch >= 1, f"eval.batch={e.batch} must be >= 1"),
+        (lg.every >= 0, f"logger.every={lg.every} must be >= 0 (meta-steps between logs; 0: only at the end)"),
+        (lg.eval_every >= 0, f"logger.eval_every={lg.eval_every} must be >= 0 (0: no validation)"),
+        (
+            lg.eval_every == 0 or lg.eval_tasks >= 2,
+            f"logger.eval_tasks={lg.eval_tasks} must be >= 2 (a 95% CI needs two tasks), or logger.eval_every=0",
+        ),
+        (lg.images_every >= -1, f"logger.images_every={lg.images_every} must be >= -1 (0: at the end, -1: never)"),
+        (cfg.metric.batches >= 1, f"metric.batches={cfg.metric.batches} must be >= 1"),
         choice("metric.mode", cfg.metric.mode, MODES),
         choice("logger.name", cfg.logger.name, LOGGERS),
         (cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)"),
-        (
-            not str(cfg.device).startswith("cuda") or torch.cuda.is_available(),
-            f"device={cfg.device} but CUDA is not available here; use device=cpu",
-        ),
+        (device_problem(str(cfg.device)) is None, device_problem(str(cfg.device))),
     ]
     get_preset(cfg.model.name)  # unknown preset: its own one-line error
     for ok, message in rules:
@@ -323,9 +360,17 @@ def monitor(
     return log
 
 
-def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> dict:
+def run(
+    cfg: DictConfig,
+    out_dir: Path,
+    group: str | None = None,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     """Meta-train (resuming from ``out_dir/checkpoint.pt`` if there is one), then evaluate the result and the
-    un-meta-trained initialization on the same test tasks. ``group``/``name``: the wandb run group and name."""
+    un-meta-trained initialization on the same test tasks. ``group``/``name``: the wandb run group and name;
+    ``overrides``: the command-line overrides, stored in results.json as the run's identity (metatuv-report)."""
+    validate(cfg)  # before the logger, the data and any file: a bad value fails with one line
     rank, size = init_from_env(cfg.device)
     if size > 1:  # every rank reads and rank 0 writes one folder: rank 0's (its clock named it)
         shared = [str(out_dir)]
@@ -333,7 +378,7 @@ def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | No
         out_dir = Path(shared[0])
     logger = open_logger(cfg, out_dir, group, name) if rank == 0 else NullLogger()
     try:
-        results = _run(cfg, out_dir, logger, (rank, size))
+        results = _run(cfg, out_dir, logger, (rank, size), overrides)
     except BaseException:
         logger.finish(ok=False)
         raise
@@ -341,8 +386,18 @@ def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | No
     return results
 
 
-def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, int] = (0, 1)) -> dict:
-    validate(cfg)
+def _finite(x: float | None) -> float | None:
+    """``x`` if it is a finite number, else None (strict JSON has no NaN)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _run(
+    cfg: DictConfig,
+    out_dir: Path,
+    logger: RunLogger,
+    shard: tuple[int, int] = (0, 1),
+    overrides: list[str] | None = None,
+) -> dict:
     rank, size = shard
     setup, preset, learner = build_learner(cfg, with_val=cfg.logger.eval_every > 0)
     i = cfg.inner
@@ -393,7 +448,11 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
             "config": _run_config(cfg),
         }
         if rank == 0:
-            save_checkpoint(path, state)
+            try:
+                save_checkpoint(path, state)
+            except OSError as e:  # e.g. Errno 28: name the file (the previous checkpoint stays valid)
+                why = f"{e.strerror or e} (Errno {e.errno})" if e.errno else str(e)
+                raise RunFileError(f"cannot write {path}: {why}; free space on that disk, then rerun.") from e
 
     log = monitor(cfg, setup, learner, logger, out_dir)
 
@@ -433,29 +492,40 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
         return evaluate(tested, setup.test(), cfg.eval.tasks, i.test_steps, setup.metric, cfg.progress, seed)
 
     results = {
+        "status": "ok",
         "benchmark": cfg.benchmark.name,
         "preset": preset.name,
         "metric_mode": cfg.metric.mode,
         "metric": setup.metric_name,
         "meta_steps": cfg.outer.steps,
         "train_seconds": round(train_s, 2),
-        "final_train_loss": sum(history[-100:]) / max(1, len(history[-100:])),
+        "final_train_loss": _finite(sum(history[-100:]) / max(1, len(history[-100:]))),
     }
-    results["test"], results["test_ci95"] = test(learner)
-    if cfg.eval.baseline:
-        results["baseline"], results["baseline_ci95"] = test(baseline)
+    scored = ["test", "baseline"] if cfg.eval.baseline else ["test"]
+    for key, tested in zip(scored, (learner, baseline), strict=False):
+        mean, ci = test(tested)  # a non-finite score is recorded as null and the run as diverged
+        results[key], results[f"{key}_ci95"] = _finite(mean), _finite(ci) if _finite(mean) is not None else None
+    diverged = [key for key in scored if results[key] is None]
+    if diverged:
+        results["status"], results["diverged"] = "diverged", diverged
     if preset.use_mask:
         results["mask_fractions"] = mask_fractions(setup.model)
-    torch.save(learner.state_dict(), out_dir / "model.pt")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "history.json").write_text(json.dumps({"step": list(range(len(history))), "loss": history}))
+    results["overrides"] = list(overrides) if overrides is not None else None  # the identity metatuv-report reads
+    results["config"] = _run_config(cfg)
+    save_torch(out_dir / "model.pt", learner.state_dict())
+    curve = {"step": list(range(len(history))), "loss": [_finite(v) for v in history]}  # a skipped NaN: null
+    write_json(out_dir / "history.json", curve, None)
+    write_json(out_dir / "results.json", results)  # last: its presence means the run's files are complete
     m = setup.metric_name
-    final = {f"test/{m}": results["test"], f"test/{m}_ci95": results["test_ci95"]}
-    if "baseline" in results:
-        final |= {f"baseline/{m}": results["baseline"], f"baseline/{m}_ci95": results["baseline_ci95"]}
+    final = {f"{k}/{m}{s}": results[f"{k}{s}"] for k in scored for s in ("", "_ci95") if results[f"{k}{s}"] is not None}
     logger.log(final, cfg.outer.steps)
-    logger.summary({**final, "train_seconds": results["train_seconds"]})
+    logger.summary({**final, "train_seconds": results["train_seconds"], "status": results["status"]})
     return results
+
+
+def score_text(metric: str, mean: float | None, ci95: float | None) -> str:
+    """``format_score``, or DIVERGED for a score recorded as null (non-finite)."""
+    return "DIVERGED (not finite)" if mean is None else format_score(metric, mean, ci95)
 
 
 def summary(cfg: DictConfig, r: dict) -> str:
@@ -463,13 +533,20 @@ def summary(cfg: DictConfig, r: dict) -> str:
     task = f"{b.ways}-way {b.shots}-shot" if b.get("ways") is not None else f"{b.shots}-shot"
     lines = [f"meta-test {r['metric']} over {n} tasks ({b.name} {task}, {steps} inner steps, 95% CI):"]
     trained = f"{r['preset']}, meta-trained {r['meta_steps']} steps"
-    lines.append(f"  {trained:<36} {format_score(r['metric'], r['test'], r['test_ci95'])}")
+    lines.append(f"  {trained:<36} {score_text(r['metric'], r['test'], r['test_ci95'])}")
     if "baseline" in r:
         lines.append(
             f"  {'same net, un-meta-trained (baseline)':<36} "
-            f"{format_score(r['metric'], r['baseline'], r['baseline_ci95'])}"
+            f"{score_text(r['metric'], r['baseline'], r['baseline_ci95'])}"
         )
     return "\n".join(lines)
+
+
+WHO = {"test": "the meta-trained model", "baseline": "the baseline (un-meta-trained)"}
+
+
+class Diverged(RuntimeError):
+    """A multirun job whose meta-test or baseline score is not finite (its results.json says status: diverged)."""
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -481,17 +558,28 @@ def _hydra_main(cfg: DictConfig) -> float:
     if hc.mode == RunMode.MULTIRUN:  # runs of one sweep share a wandb group named after the sweep folder
         group, name = str(hc.sweep.dir), f"{hc.job.num}:{hc.job.override_dirname}"
     try:
-        r = run(cfg, out_dir, group, name)
+        r = run(cfg, out_dir, group, name, [str(o) for o in hc.overrides.task])
     except Interrupted as e:
         print(e, flush=True)
         raise SystemExit(130) from None
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, RunFileError) as e:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the launcher records the failed job
         raise SystemExit(f"metatuv-train: error: {e}") from None  # one line, no traceback
     if "rank" in r:  # a distributed run's other ranks: rank 0 reports
         return float("nan")
     print("\n" + summary(cfg, r))
+    if r["status"] == "diverged":
+        message = (
+            f"metatuv-train: DIVERGED: the meta-test {r['metric']} of {' and of '.join(WHO[k] for k in r['diverged'])} "
+            "is not finite "
+            f"(recorded as null, status diverged, in {out_dir / 'results.json'}); lower inner.lr or outer.lr, or "
+            "use outer.clip."
+        )
+        if hc.mode == RunMode.MULTIRUN:
+            raise Diverged(message)  # the launcher records the failed job; the sweep's other jobs still run
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(DIVERGED_EXIT)
     score = format_score(r["metric"], r["test"], r["test_ci95"])
     print(
         f"done: {r['preset']} on {r['benchmark']}, {r['metric']} {score} over {cfg.eval.tasks} tasks, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -10,6 +11,38 @@ from metatuv.data.episodes import ClassImages, EpisodeSampler
 from metatuv.data.stream import Stream
 
 IMAGE_BENCHMARKS = ("omniglot", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100")
+LOCAL_LABELS = ("tiered-imagenet", "cifar-fs", "fc100")  # learn2learn numbers each split's classes from 0
+
+
+def class_fingerprints(data: ClassImages) -> list[str]:
+    """One digest per class: blake2b of its images' bytes in order (a class listed in two splits gives one digest)."""
+    images = data.images.cpu().contiguous()
+    return [
+        hashlib.blake2b(images[o : o + c].numpy().tobytes(), digest_size=16).hexdigest()
+        for o, c in zip(data.offsets.tolist(), data.counts.tolist(), strict=True)
+    ]
+
+
+def check_disjoint(splits: dict[str, ClassImages], where: str, by_name: bool = True) -> None:
+    """Refuse, with one line giving the count and one example, splits that share a class: by class name
+    (``by_name``) and by content (the same images under another name). Also refuse an empty split."""
+    for split, data in splits.items():
+        if data.num_classes == 0:
+            raise ValueError(f"{where}: the {split} split has no classes (an empty split file?); list its classes.")
+    names = list(splits)
+    digests = {s: class_fingerprints(d) for s, d in splits.items()}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            shared = sorted(set(splits[a].names) & set(splits[b].names)) if by_name else []
+            if not shared:
+                index = {d: k for k, d in enumerate(digests[a])}
+                shared = [splits[b].names[k] if splits[b].names else f"class {k}" for k, d in enumerate(digests[b])]
+                shared = [n for n, d in zip(shared, digests[b], strict=True) if d in index]
+            if shared:
+                raise ValueError(
+                    f"{where}: the {a} and {b} splits share {len(shared)} class(es) (e.g. {shared[0]!r}); a meta-test "
+                    f"on training classes is not a meta-test: fix the split lists so that train/val/test are disjoint."
+                )
 
 
 def load_splits(
@@ -17,6 +50,7 @@ def load_splits(
 ) -> dict[str, ClassImages]:
     """Load a benchmark's train/val/test splits from ``data_root`` (the folder holding omniglot/, mini-imagenet/, …)."""
     splits = _load(name, Path(data_root).expanduser(), protocol, image_size, cache_dir)
+    check_disjoint(splits, f"{name} under {data_root}", by_name=name not in LOCAL_LABELS)
     size = next(iter(splits.values())).images.shape[-1]
     if image_size is not None and size != image_size:
         raise ValueError(

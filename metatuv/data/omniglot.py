@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,17 @@ def _members(source: Path) -> list[tuple[str, bytes | Path]]:
     """(relative 'Alphabet/characterNN/file.png', bytes or path) for every PNG, sorted."""
     if source.is_dir():
         return [(str(p.relative_to(source)), p) for p in sorted(source.glob("*/*/*.png"))]
-    with zipfile.ZipFile(source) as z:
-        names = sorted(n for n in z.namelist() if n.endswith(".png"))
-        return [(n.split("/", 1)[1], z.read(n)) for n in names]
+    member = ""
+    try:
+        with zipfile.ZipFile(source) as z:
+            names = sorted(n for n in z.namelist() if n.endswith(".png"))
+            out = []
+            for member in names:
+                out.append((member.split("/", 1)[1], z.read(member)))
+            return out
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # truncated, CRC error, bad compressed data
+        at = f" at {member}" if member else ""
+        raise ValueError(f"{source} is damaged{at} ({e}); download it again: {SOURCE}.") from None
 
 
 def _decode_all(sources: list[Path], size: int) -> tuple[torch.Tensor, list[str]]:
@@ -110,6 +119,8 @@ def _vinyals(root: Path, images: torch.Tensor, names: list[str]) -> dict[str, Cl
             )
         numbered = [(i, line.strip()) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
         lines = [line for _, line in numbered]
+        if not lines:
+            raise ValueError(f"{path} is empty; list the {split} classes, one Alphabet/characterNN/rotDDD a line.")
         if len(set(lines)) != len(lines):
             raise ValueError(f"{path}: {len(lines) - len(set(lines))} duplicate lines; each class must appear once.")
         classes = []
