@@ -7,13 +7,14 @@
 The network, benchmark and inner loop are rebuilt from the resolved config stored in the checkpoint; prints the
 mean ± 95% CI and writes it to ``eval-<split>-<steps>steps-<tasks>tasks.json`` beside the checkpoint. With
 ``--episodes`` no dataset is read: each episode folder's support images adapt the network with the run's test-time
-inner loop, its query images are scored, and ``eval-episodes-<DIR name>-<steps>steps.json`` holds the accuracy of
-every episode.
+inner loop, its query images are scored, and ``eval-episodes-<DIR name>-<path digest>-<steps>steps.json`` holds the
+accuracy of every episode.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -136,8 +137,10 @@ def evaluate_episodes(
             for e, a in zip(found, scores.tolist(), strict=True)
         ],
     }
-    label = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(episodes).expanduser().resolve().name) or "episodes"
-    out = path.with_name(f"eval-episodes-{label}-{steps}steps.json")
+    where = Path(episodes).expanduser().resolve()  # name + digest of the full path: two DIRs never share a file
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", where.name) or "episodes"
+    digest = hashlib.sha256(str(where).encode()).hexdigest()[:8]
+    out = path.with_name(f"eval-episodes-{label}-{digest}-{steps}steps.json")
     out.write_text(json.dumps(result, indent=2))
     result["written"] = str(out)
     return result

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,7 +217,7 @@ def test_metatuv_eval_episodes_without_data(tmp_path, capsys):
     eval_main([str(tmp_path / "run"), "--episodes", str(tmp_path / "eps"), "--no-progress"])
     out = capsys.readouterr().out
     assert "accuracy over the 3 episodes" in out and "2 inner steps" in out
-    r = json.loads((tmp_path / "run" / "eval-episodes-eps-2steps.json").read_text())
+    r = json.loads(next((tmp_path / "run").glob("eval-episodes-eps-*-2steps.json")).read_text())
     assert r["episodes"] == 3 and [e["episode"] for e in r["per_episode"]] == ["episode0", "episode1", "episode2"]
     accs = [e["accuracy"] for e in r["per_episode"]]
     assert all(0 <= a <= 1 and abs(10 * a - round(10 * a)) < 1e-6 for a in accs)  # 10 queries per episode
@@ -228,7 +229,12 @@ def test_metatuv_eval_episodes_without_data(tmp_path, capsys):
     assert per.tolist() == accs and mean == pytest.approx(r["mean"]) and ci == pytest.approx(r["ci95"])
     # --steps 0: the un-adapted network
     again = evaluate_episodes(tmp_path / "run", tmp_path / "eps", steps=0, progress=False)
-    assert again["inner_steps"] == 0 and (tmp_path / "run" / "eval-episodes-eps-0steps.json").exists()
+    assert again["inner_steps"] == 0 and Path(again["written"]).name.endswith("-0steps.json")
+    # another folder of the same name elsewhere gets its own file: nothing is overwritten
+    shutil.copytree(tmp_path / "eps", tmp_path / "elsewhere" / "eps")
+    other = evaluate_episodes(tmp_path / "run", tmp_path / "elsewhere" / "eps", progress=False)
+    assert other["per_episode"] == r["per_episode"] and other["written"] != again["written"]
+    assert len(list((tmp_path / "run").glob("eval-episodes-eps-*-2steps.json"))) == 2
 
 
 def test_metatuv_eval_episodes_errors_are_one_line(tmp_path, capsys):
