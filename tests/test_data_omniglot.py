@@ -233,6 +233,9 @@ def test_background_run_scored_on_episode_folders_from_evaluation_alphabets(data
     assert all(e["support"] == 5 and e["query"] == 15 for e in r["per_episode"])
     assert 0 <= r["mean"] <= 1 and r["mean"] == pytest.approx(float(np.mean(accs)), abs=1e-12)
     assert f"{100 * r['mean']:.4f}% ± {100 * r['ci95']:.4f}%" in out.stdout
+    print(
+        f"\nbackground run, 20 meta-steps: {r['mean']:.3f} ± {r['ci95']:.3f} on 4 evaluation-alphabet episodes {accs}"
+    )
 
     # reference: the loader's tensors of the same drawings, the learner rebuilt with its data, evaluate() in process
     images, names = load_omniglot(data_root / "omniglot", 28, cache_dir)

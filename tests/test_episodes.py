@@ -254,6 +254,18 @@ def test_metatuv_eval_episodes_errors_are_one_line(tmp_path, capsys):
     assert "drop --split, --tasks and --data-root" in capsys.readouterr().err
 
 
+def test_metatuv_eval_episodes_refuses_a_regression_run(tmp_path):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["logger=none"])  # sinusoid
+    _, _, learner = build_learner(cfg, load_data=False)
+    (tmp_path / "run").mkdir()
+    state = {"step": 1, "learner": learner.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    save_checkpoint(tmp_path / "run" / CHECKPOINT, state)
+    write_episode(tmp_path / "eps", "e1", ["a", "b"], 1, 1, np.random.default_rng(0))
+    with pytest.raises(SystemExit, match="^metatuv-eval: --episodes scores image classification; .* is sinusoid"):
+        eval_main([str(tmp_path / "run"), "--episodes", str(tmp_path / "eps")])
+
+
 def test_evaluate_per_task_default_unchanged():
     from metatuv.meta import MetaLearner, get_preset, mse
     from metatuv.nn import mlp
