@@ -108,7 +108,13 @@ def evaluate_episodes(
         )
     cfg.eval.baseline = False
     _, _, learner = build_learner(cfg, load_data=False)
-    learner.load_state_dict(state["learner"])
+    try:
+        learner.load_state_dict(state["learner"])
+    except RuntimeError as e:  # torch's message spans lines: keep its first
+        raise ValueError(
+            f"{path}: its weights do not fit the network rebuilt from its config without data "
+            f"({str(e).splitlines()[0]} …); evaluate it with --tasks (reads the dataset) instead."
+        ) from None
     found = read_episodes(episodes, preprocessor(b.name, b.image_size), b.ways)
     if len(found) < 2:
         raise ValueError(
