@@ -26,7 +26,8 @@ class BenchmarkConfig:
     shots: int = 10
     queries: int = 10
     ways: int | None = None  # image benchmarks
-    protocol: str | None = None  # omniglot: vinyals | maml
+    protocol: str | None = None  # omniglot: vinyals | maml | background
+    split_dir: str | None = None  # omniglot: a folder of train/val/test.txt split lists (splits/vinyals/ format)
     image_size: int | None = None
     rotate: str | None = None  # none | train | all
     amplitude: list[float] | None = None  # sinusoid

@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metatuv.checkpoint import load_checkpoint, save_checkpoint
-from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
+from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, image_shape, load_splits
 from metatuv.files import RunFileError, save_torch, write_json
 from metatuv.inner import BACKENDS, VECTORIZE
 from metatuv.inner.backends import Batch
@@ -75,9 +75,12 @@ class Setup:
     val: Callable[[], Iterator[Batch]] | None = None  # validation tasks (logger.eval_every > 0)
 
 
-def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: bool = False) -> Setup:
+def build(
+    cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: bool = False, load_data: bool = True
+) -> Setup:
     """Benchmark, network and task streams from the config (``test`` draws from the ``eval_split`` classes;
-    ``with_val``: also a validation stream, fresh tasks for regression, the val classes for images)."""
+    ``with_val``: also a validation stream, fresh tasks for regression, the val classes for images;
+    ``load_data=False``: an image benchmark's network only, from the config, reading no data: the streams are None)."""
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
@@ -105,12 +108,19 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: b
             f"benchmark.rotate={b.rotate} with protocol=vinyals would alias classes (its split lists already hold "
             "every rotation as a class); use benchmark.rotate=none, or benchmark.protocol=maml."
         )
-    splits = load_splits(b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir)
-    names = ("train", eval_split, "val") if with_val else ("train", eval_split)
-    used = {k: splits[k] for k in names}  # only these are sampled (and checked against ways/shots)
-    fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
-    c, h, _ = fs.image_shape
+    if load_data:
+        splits = load_splits(
+            b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir, b.get("split_dir")
+        )
+        names = ("train", eval_split, "val") if with_val else ("train", eval_split)
+        used = {k: splits[k] for k in names}  # only these are sampled (and checked against ways/shots)
+        fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
+        c, h, _ = fs.image_shape
+    else:
+        c, h, _ = image_shape(b.name, b.image_size)  # what load_splits yields (it refuses any other size)
     model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags)
+    if not load_data:
+        return Setup(model, cross_entropy, accuracy, "accuracy", None, None, None)  # type: ignore[arg-type]
     return Setup(
         model,
         cross_entropy,
@@ -226,12 +236,13 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build_learner(
-    cfg: DictConfig, eval_split: str = "test", with_val: bool = False
+    cfg: DictConfig, eval_split: str = "test", with_val: bool = False, load_data: bool = True
 ) -> tuple[Setup, Preset, MetaLearner]:
-    """The task streams, the network and its MetaLearner (fresh initialization from ``cfg.seed``)."""
+    """The task streams, the network and its MetaLearner (fresh initialization from ``cfg.seed``;
+    ``load_data=False``: no image data read, no image task streams, see ``build``)."""
     torch.manual_seed(cfg.seed)
     preset = get_preset(cfg.model.name)
-    setup = build(cfg, preset, eval_split, with_val)
+    setup = build(cfg, preset, eval_split, with_val, load_data)
     i = cfg.inner
     learner = MetaLearner.from_preset(
         setup.model.to(cfg.device),

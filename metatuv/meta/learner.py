@@ -342,10 +342,12 @@ def evaluate(
     metric: LossFn = mse,
     progress: bool = True,
     seed: int = 0,
-) -> tuple[float, float]:
+    per_task: bool = False,
+) -> tuple[float, float] | tuple[float, float, Tensor]:
     """Adapt on each test task's support set (graph-free, ``steps`` inner steps) and score its query set.
 
-    Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width. Tasks are vmapped in chunks of
+    Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width (``per_task``: and the
+    (tasks,) float64 tensor of the task scores, in stream order). Tasks are vmapped in chunks of
     ``learner.chunk_size`` (default: the whole batch) unless ``learner.vectorize == "loop"`` (one task at a time);
     both give the same scores (tests/test_meta.py).
     """
@@ -375,4 +377,5 @@ def evaluate(
                     scores.append(vmap(score)(*args))
                 bar.update(part.stop - part.start)
             done += n
-    return mean_ci95(torch.cat(scores))
+    values = torch.cat(scores)
+    return (*mean_ci95(values), values.double().cpu()) if per_task else mean_ci95(values)
