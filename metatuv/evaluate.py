@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from metatuv.checkpoint import load_checkpoint
+from metatuv.checkpoint import load_checkpoint, previous
 from metatuv.meta import evaluate, format_score
 from metatuv.train import CHECKPOINT, REGRESSION, TEST_SEED_OFFSET, build_learner
 
@@ -36,9 +36,9 @@ def evaluate_checkpoint(
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
-    if not path.is_file():
+    if not path.is_file() and not previous(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a metatuv-train output folder or its {CHECKPOINT}.")
-    state, path = load_checkpoint(path)
+    state, path = load_checkpoint(path)  # weights_only: a file that is not plain data is refused, never run
     cfg = OmegaConf.create(state["config"])
     if data_root is not None:
         cfg.paths.data_root = data_root

@@ -72,9 +72,45 @@ def _mini_csv(root: Path, split: str, image_size: int) -> ClassImages:
     return _group(labels, images)
 
 
-def _mini_pickle(path: Path) -> ClassImages:
+# What learn2learn's mini-ImageNet pickles need: numpy arrays (reconstructed from raw bytes), dtypes and scalars,
+# and the latin-1 encoding pickle protocol 2 uses for bytes. Nothing here can run code of the file's choosing.
+PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler admitting only plain containers, strings, numbers and numpy arrays (PICKLE_ALLOWED)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_restricted_pickle(path: Path):
+    """``pickle.load`` that refuses (never calls) anything but containers and numpy arrays: one-line ValueError."""
     with path.open("rb") as f:
-        blob = pickle.load(f)
+        try:
+            return _RestrictedUnpickler(f).load()
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{path}: not a plain mini-ImageNet pickle ({err}; only dicts, lists, numbers, strings and numpy "
+                "arrays are loaded, nothing else is run); re-create it from the CSV layout or learn2learn's files."
+            ) from None
+
+
+def _mini_pickle(path: Path) -> ClassImages:
+    blob = load_restricted_pickle(path)
+    if not isinstance(blob, dict) or not {"image_data", "class_dict"} <= blob.keys():
+        raise ValueError(f"{path}: expected a dict with 'image_data' and 'class_dict' (learn2learn's format).")
     data, class_dict = blob["image_data"], blob["class_dict"]
     rows = sorted(int(r) for rs in class_dict.values() for r in rs)
     if rows != list(range(len(data))):
