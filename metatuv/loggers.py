@@ -150,6 +150,8 @@ class RunLogger:
 
         def call(run: Any) -> None:
             paths = render()
+            if not paths:  # nothing to picture (no T or V): no row holding only a step
+                return
             self._write({"step": step, **{f"image/{k}": str(p) for k, p in paths.items()}})
             if run is not None:
                 import wandb
