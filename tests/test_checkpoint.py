@@ -325,7 +325,9 @@ def test_missing_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
     a = run(cfg(12, "checkpoint.every=4"), whole)
     run(cfg(8, "checkpoint.every=4"), tmp_path)
     (tmp_path / CHECKPOINT).unlink()
-    capsys.readouterr()
+    e = evaluate_checkpoint(tmp_path, tasks=5, progress=False)  # metatuv-eval uses it too, and says so
+    assert e["meta_step"] == 4 and e["checkpoint"] == str(previous(tmp_path / CHECKPOINT))
+    assert "is missing; using the previous checkpoint" in capsys.readouterr().out
     b = run(cfg(12, "checkpoint.every=4"), tmp_path)
     out = capsys.readouterr().out
     assert f"{tmp_path / CHECKPOINT} is missing; using the previous checkpoint" in out
