@@ -36,7 +36,11 @@ def run_scores(results: Path) -> list[dict]:
     for f in sorted(results.parent.glob("eval-test-*steps-*tasks.json")):
         e = json.loads(f.read_text())
         evals.append((e["inner_steps"], e["tasks"], e["mean"], e["ci95"]))
-    return [{**run, "test_steps": s, "tasks": n, "mean": m, "ci95": c} for s, n, m, c in evals]
+
+    def nan(v: float | None) -> float:  # a diverged score is null in results.json (status "diverged"); NaN here
+        return math.nan if v is None else v
+
+    return [{**run, "test_steps": s, "tasks": n, "mean": nan(m), "ci95": nan(c)} for s, n, m, c in evals]
 
 
 def key(record: dict) -> tuple:

@@ -2,22 +2,33 @@
 
     metatuv-eval outputs/2026-11-28/12-00-00              # the run folder (or its checkpoint.pt)
     metatuv-eval RUN --tasks 2000 --steps 10 --split val  # more episodes, other step count, validation classes
+    metatuv-eval RUN --episodes DIR                       # your own episodes: DIR/<episode>/{support,query}/<class>/
 
 The network, benchmark and inner loop are rebuilt from the resolved config stored in the checkpoint; prints the
-mean ± 95% CI and writes it to ``eval-<split>-<steps>steps-<tasks>tasks.json`` beside the checkpoint.
+mean ± 95% CI and writes it to ``eval-<split>-<steps>steps-<tasks>tasks.json`` beside the checkpoint (strict JSON,
+written atomically). A non-finite score is written as ``null`` with ``"status": "diverged"``, and metatuv-eval
+exits with status 3 (``DIVERGED_EXIT``). With ``--episodes`` no dataset is read: each episode folder's support
+images adapt the network with the run's test-time inner loop, its query images are scored, and
+``eval-episodes-<DIR name>-<path digest>-<steps>steps.json`` holds the accuracy of every episode.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
+import math
+import re
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from metatuv.checkpoint import load_checkpoint
-from metatuv.meta import evaluate, format_score
-from metatuv.train import CHECKPOINT, REGRESSION, TEST_SEED_OFFSET, build_learner
+from metatuv.checkpoint import load_checkpoint, previous
+from metatuv.data import IMAGE_BENCHMARKS, preprocessor, read_episodes
+from metatuv.files import RunFileError, write_json
+from metatuv.meta import accuracy as metric_accuracy
+from metatuv.meta import evaluate
+from metatuv.train import CHECKPOINT, DIVERGED_EXIT, REGRESSION, TEST_SEED_OFFSET, build_learner, score_text
 
 MIN_TASKS = 600  # the protocol of the papers we compare with; fewer only with --allow-few
 
@@ -33,12 +44,7 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict:
     """Mean ± 95% CI of the checkpoint's model over ``tasks`` episodes of ``split`` after ``steps`` inner steps."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; pass a metatuv-train output folder or its {CHECKPOINT}.")
-    state, path = load_checkpoint(path)
+    state, path = _load(path)
     cfg = OmegaConf.create(state["config"])
     if data_root is not None:
         cfg.paths.data_root = data_root
@@ -54,7 +60,9 @@ def evaluate_checkpoint(
     steps = cfg.inner.test_steps if steps is None else steps
     seed = cfg.seed + TEST_SEED_OFFSET if seed is None else seed
     mean, ci = evaluate(learner, setup.test(), tasks, steps, setup.metric, progress, seed)
+    finite = math.isfinite(mean) and math.isfinite(ci)
     result = {
+        "status": "ok" if finite else "diverged",
         "checkpoint": str(path),
         "meta_step": state["step"],
         "benchmark": cfg.benchmark.name,
@@ -63,11 +71,96 @@ def evaluate_checkpoint(
         "metric": setup.metric_name,
         "tasks": tasks,
         "inner_steps": steps,
-        "mean": mean,
-        "ci95": ci,
+        "mean": mean if finite else None,  # strict JSON: a non-finite score is null
+        "ci95": ci if finite else None,
     }
     out = path.with_name(f"eval-{split}-{steps}steps-{tasks}tasks.json")
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
+    result["written"] = str(out)
+    return result
+
+
+def _load(path: Path) -> tuple[dict, Path]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file() and not previous(path).is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a metatuv-train output folder or its {CHECKPOINT}.")
+    return load_checkpoint(path)  # weights_only: a file that is not plain data is refused, never run
+
+
+def evaluate_episodes(
+    path: Path,
+    episodes: Path,
+    steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Accuracy of the checkpoint's model on each episode folder under ``episodes`` (see metatuv.data.folders)
+    after ``steps`` inner steps on its support set (default: the run's ``inner.test_steps``), their mean and 95% CI.
+
+    Reads no dataset: the network is rebuilt from the checkpoint's config (``build_learner(load_data=False)``).
+    """
+    state, path = _load(path)
+    cfg = OmegaConf.create(state["config"])
+    if device is not None:
+        cfg.device = device
+    b = cfg.benchmark
+    if b.name not in IMAGE_BENCHMARKS:
+        raise ValueError(
+            f"--episodes scores image classification; this run's benchmark is {b.name} (use --tasks instead)."
+        )
+    cfg.eval.baseline = False
+    _, _, learner = build_learner(cfg, load_data=False)
+    try:
+        learner.load_state_dict(state["learner"])
+    except RuntimeError as e:  # torch's message spans lines: keep its first
+        raise ValueError(
+            f"{path}: its weights do not fit the network rebuilt from its config without data "
+            f"({str(e).splitlines()[0]} …); evaluate it with --tasks (reads the dataset) instead."
+        ) from None
+    found = read_episodes(episodes, preprocessor(b.name, b.image_size), b.ways)
+    if len(found) < 2:
+        raise ValueError(
+            f"episodes: {Path(episodes)} holds {len(found)} episode folder; a 95% CI needs at least 2 episodes."
+        )
+    steps = cfg.inner.test_steps if steps is None else steps
+    seed = cfg.seed + TEST_SEED_OFFSET if seed is None else seed
+    dtype = next(learner.parameters()).dtype
+    batches = iter(
+        [tuple(t.to(cfg.device, dtype) if t.is_floating_point() else t.to(cfg.device) for t in e.batch) for e in found]
+    )
+    mean, ci, scores = evaluate(learner, batches, len(found), steps, metric_accuracy, progress, seed, per_task=True)
+    finite = math.isfinite(mean) and math.isfinite(ci)
+    result = {
+        "status": "ok" if finite else "diverged",
+        "checkpoint": str(path),
+        "meta_step": state["step"],
+        "benchmark": b.name,
+        "preset": cfg.model.name,
+        "episodes_dir": str(Path(episodes).expanduser().resolve()),
+        "metric": "accuracy",
+        "episodes": len(found),
+        "inner_steps": steps,
+        "mean": mean if finite else None,  # strict JSON: a non-finite score is null
+        "ci95": ci if finite else None,
+        "per_episode": [
+            {
+                "episode": e.name,
+                "accuracy": a if math.isfinite(a) else None,
+                "classes": e.classes,
+                "support": len(e.ys),
+                "query": len(e.yq),
+            }
+            for e, a in zip(found, scores.tolist(), strict=True)
+        ],
+    }
+    where = Path(episodes).expanduser().resolve()  # name + digest of the full path: two DIRs never share a file
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", where.name) or "episodes"
+    digest = hashlib.sha256(str(where).encode()).hexdigest()[:8]
+    out = path.with_name(f"eval-episodes-{label}-{digest}-{steps}steps.json")
+    write_json(out, result)
     result["written"] = str(out)
     return result
 
@@ -79,29 +172,59 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", type=int, default=MIN_TASKS, help=f"meta-test episodes (default {MIN_TASKS})")
     p.add_argument("--steps", type=int, default=None, help="inner steps (default: the run's inner.test_steps)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="classes to draw episodes from")
+    p.add_argument(
+        "--episodes",
+        type=Path,
+        default=None,
+        help="score episode folders DIR/<episode>/{support,query}/<class>/*.png instead (reads no dataset)",
+    )
     p.add_argument("--seed", type=int, default=None, help="episode seed (default: the run's test stream)")
     p.add_argument("--data-root", default=None, help="override the run's paths.data_root")
     p.add_argument("--device", default=None, help="override the run's device (cpu, cuda)")
     p.add_argument("--allow-few", action="store_true", help=f"allow --tasks below {MIN_TASKS} (smoke tests)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.steps is not None and a.steps < 0:
+        p.error(f"--steps={a.steps} must be >= 0.")
+    if a.episodes is not None:
+        if a.split != "test" or a.tasks != MIN_TASKS or a.data_root is not None:
+            p.error("--episodes takes its tasks from DIR; drop --split, --tasks and --data-root.")
+        try:
+            r = evaluate_episodes(a.checkpoint, a.episodes, a.steps, a.seed, a.device, progress=not a.no_progress)
+        except (FileNotFoundError, ValueError, RunFileError) as e:
+            raise SystemExit(f"metatuv-eval: {e}") from None
+        print(
+            f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']}: accuracy over the {r['episodes']} "
+            f"episodes of {r['episodes_dir']}, {r['inner_steps']} inner steps: "
+            f"{score_text('accuracy', r['mean'], r['ci95'])} (95% CI)"
+        )
+        print(f"written to {r['written']}")
+        if r["status"] == "diverged":
+            print(f"metatuv-eval: DIVERGED: the score is not finite (null in {r['written']})", file=sys.stderr)
+            raise SystemExit(DIVERGED_EXIT)
+        return
     if a.tasks < MIN_TASKS and not a.allow_few:
         p.error(
             f"--tasks={a.tasks} is below {MIN_TASKS}, too few for a 95% CI to compare with papers; add --allow-few."
         )
+    if a.tasks < 2:
+        p.error(f"--tasks={a.tasks} must be >= 2 (a 95% CI needs two tasks).")
     if a.steps is not None and a.steps < 0:
         p.error(f"--steps={a.steps} must be >= 0.")
     try:
         r = evaluate_checkpoint(
             a.checkpoint, a.tasks, a.steps, a.split, a.seed, a.data_root, a.device, progress=not a.no_progress
         )
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
+    except (FileNotFoundError, ValueError, RunFileError) as e:  # CheckpointError is a ValueError
         raise SystemExit(f"metatuv-eval: {e}") from None
     print(
         f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']} {r['split']}: {r['metric']} over {r['tasks']} "
-        f"tasks, {r['inner_steps']} inner steps: {format_score(r['metric'], r['mean'], r['ci95'])} (95% CI)"
+        f"tasks, {r['inner_steps']} inner steps: {score_text(r['metric'], r['mean'], r['ci95'])} (95% CI)"
     )
     print(f"written to {r['written']}")
+    if r["status"] == "diverged":
+        print(f"metatuv-eval: DIVERGED: the score is not finite (null in {r['written']})", file=sys.stderr)
+        raise SystemExit(DIVERGED_EXIT)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@
     metatuv-report sweeps/lr                 # writes report.md, learning_curves.png, lr_sensitivity.png there
     metatuv-report sweeps/lr --out figures/  # or into another folder
 
-Jobs are the folders holding a results.json (searched recursively, so any hydra.sweep.subdir works); each
-must have its .hydra/overrides.yaml. The swept keys are the override keys whose values differ between jobs;
+Jobs are the folders holding a results.json (searched recursively, so any hydra.sweep.subdir works). A job's
+identity (its overrides and resolved config) is what the run itself stored in results.json when it finished, not
+.hydra/, which Hydra rewrites before the app runs, also when the app then refuses the rerun (a checkpoint of another
+config): a job whose .hydra/overrides.yaml disagrees with its results.json is left out of the table and named in a
+warning line. (results.json files from before this field fall back on .hydra/.) A diverged job (status
+"diverged", its score null) makes its row read "diverged (k of n)": it is never averaged with finite scores.
+The swept keys are the override keys whose values differ between jobs;
 one row per configuration (the swept keys except seed). Meta-test: one job, the task-level 95% CI from
 results.json; several seeds, their mean ± 1.96·s/√n across seeds. The learning curves are the meta-training
 loss (history.json) averaged over seeds; lr_sensitivity.png (meta-test metric vs inner.lr, one line per preset)
@@ -26,6 +31,7 @@ import yaml
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from metatuv.figure import figure
+from metatuv.files import save_figure, write_text
 
 SEED = "seed"
 LR = "inner.lr"
@@ -43,6 +49,7 @@ class Job:
     results: dict
     history: dict | None = None
     config: dict | None = None
+    conflict: str | None = None  # why the job is left out (its .hydra/ disagrees with what the run wrote)
 
 
 @dataclass
@@ -56,13 +63,31 @@ class Row:
     def n(self) -> int:
         return len(self.jobs)
 
+    def diverged(self, key: str = "test") -> int:
+        """How many of the row's jobs have a non-finite (diverged) results[key]."""
+        return sum(diverged(j, key) for j in self.jobs)
+
     def stat(self, key: str = "test") -> tuple[float, float] | None:
-        """Mean ± 95% CI of results[key]: task-level CI for one job, 1.96·s/√n across jobs for several."""
+        """Mean ± 95% CI of results[key]: task-level CI for one job, 1.96·s/√n across jobs for several; None when
+        a job lacks it or diverged (a diverged score is never averaged)."""
+        if self.diverged(key):
+            return None
         return mean_ci([j.results.get(key) for j in self.jobs], [j.results.get(f"{key}_ci95") for j in self.jobs])
 
     def label(self, keys: list[str]) -> str:
         pairs = [f"{k}={v}" for k, v in zip(keys, self.values, strict=True)]
         return ", ".join(pairs) or self.jobs[0].results.get("preset", "all jobs")
+
+
+def diverged(job: Job, key: str = "test") -> bool:
+    """results[key] recorded as diverged: null in a results.json with status "diverged", or a non-finite number
+    (results.json files written before the status field held a bare NaN)."""
+    if key not in job.results:
+        return False
+    v = job.results[key]
+    if v is None:
+        return job.results.get("status") == "diverged" or key in job.results.get("diverged", [])
+    return isinstance(v, (int, float)) and not math.isfinite(v)
 
 
 def mean_ci(values: list[float | None], cis: list[float | None]) -> tuple[float, float] | None:
@@ -112,21 +137,35 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for path in found:
         folder = path.parent
-        ov = folder / ".hydra" / "overrides.yaml"
-        if not ov.is_file():
-            raise FileNotFoundError(
-                f"job {folder} has results.json but no .hydra/overrides.yaml, so its swept values are unknown; "
-                "rerun it with `metatuv-train -m ...` or move it out of the sweep folder."
-            )
-        overrides = parse_overrides(yaml.safe_load(ov.read_text()) or [], ov)
         results = _read_json(path)
         for key in ("test", "metric"):
             if key not in results:
                 raise ValueError(f"{path} has no {key!r}; it is not a metatuv-train results.json (rerun that job).")
+        ov = folder / ".hydra" / "overrides.yaml"
+        hydra_ov = parse_overrides(yaml.safe_load(ov.read_text()) or [], ov) if ov.is_file() else None
+        own = results.get("overrides")  # what the run that wrote results.json was started with
+        if own is None and hydra_ov is None:
+            raise FileNotFoundError(
+                f"job {folder} has results.json but no .hydra/overrides.yaml, so its swept values are unknown; "
+                "rerun it with `metatuv-train -m ...` or move it out of the sweep folder."
+            )
+        overrides = parse_overrides(own, path) if own is not None else hydra_ov
+        conflict = None
+        if own is not None and hydra_ov is not None and hydra_ov != overrides:
+            diff = [k for k in sorted(overrides.keys() | hydra_ov.keys()) if overrides.get(k) != hydra_ov.get(k)]
+            said = ", ".join(f"{k}={hydra_ov.get(k, MISSING)}" for k in diff)
+            was = ", ".join(f"{k}={overrides.get(k, MISSING)}" for k in diff)
+            conflict = (
+                f"job {folder}: .hydra/overrides.yaml says {said} but its results.json was written by a run with "
+                f"{was} (a later rerun there was refused?); left out of the table: rerun that configuration in a "
+                "fresh hydra.sweep.dir, or delete the folder"
+            )
         hist_path, cfg_path = folder / "history.json", folder / ".hydra" / "config.yaml"
         history = _read_json(hist_path) if hist_path.is_file() else None
-        config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
-        jobs.append(Job(folder, overrides, results, history, config))
+        config = results.get("config")
+        if config is None and own is None:  # results.json from before the identity fields
+            config = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+        jobs.append(Job(folder, overrides, results, history, config, conflict))
     return jobs
 
 
@@ -183,12 +222,17 @@ def markdown_table(keys: list[str], rows: list[Row], seeds_swept: bool) -> str:
     if baseline:
         head.append("baseline (95% CI)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(r: Row, key: str, metric: str) -> str:
+        k = r.diverged(key)
+        return f"diverged ({k} of {r.n})" if k else _fmt(r.stat(key), metric)
+
     for r in rows:
         metric = r.jobs[0].results["metric"]
-        test = _fmt(r.stat("test"), metric) + ("" if one_metric else f" ({metric})")
+        test = cell(r, "test", metric) + ("" if one_metric else f" ({metric})")
         cells = [*(v.replace("|", "\\|") for v in r.values), str(r.n), test]
         if baseline:
-            cells.append(_fmt(r.stat("baseline"), metric))
+            cells.append(cell(r, "baseline", metric))
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     if any(r.n == 1 for r in rows):
@@ -202,9 +246,11 @@ def markdown_table(keys: list[str], rows: list[Row], seeds_swept: bool) -> str:
     if any(m == "accuracy" for m in metrics):
         notes.append("accuracy in %")
     text = "\n".join(lines) + "\n\n" + "95% CI: " + "; ".join(notes) + ".\n"
-    bad = [str(j.folder) for r in rows for j in r.jobs if not math.isfinite(j.results["test"])]
-    if bad:
-        text += f"Non-finite meta-test value (diverged?) in {len(bad)} job(s): {', '.join(bad)}.\n"
+    for key in ("test", "baseline"):
+        bad = [str(j.folder) for r in rows for j in r.jobs if diverged(j, key)]
+        if bad:
+            what = "meta-test" if key == "test" else "baseline"
+            text += f"DIVERGED: non-finite {what} score (not averaged) in {len(bad)} job(s): {', '.join(bad)}.\n"
     return text
 
 
@@ -256,7 +302,7 @@ def plot_learning_curves(keys: list[str], rows: list[Row], path: Path) -> Path:
         ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return path
 
 
@@ -309,26 +355,31 @@ def plot_lr_sensitivity(keys: list[str], rows: list[Row], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return path
 
 
 def report(sweep_dir: Path, out: Path | None = None) -> dict:
     """Write report.md, learning_curves.png and (inner.lr swept) lr_sensitivity.png; returns table and paths."""
     sweep_dir = Path(sweep_dir)
-    jobs = load_jobs(sweep_dir)
+    found = load_jobs(sweep_dir)
+    jobs = [j for j in found if j.conflict is None]
+    flagged = [j.conflict for j in found if j.conflict is not None]
+    if not jobs:
+        raise ValueError(f"every job under {sweep_dir} is flagged; {flagged[0]}.")
     keys, rows = summarize(jobs)
     out = sweep_dir if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(keys, rows, seeds_swept=SEED in swept_keys(jobs))
+    table += "".join(f"FLAGGED: {c}.\n" for c in flagged)
     text = f"# metatuv sweep {sweep_dir.resolve()}\n\n{len(jobs)} jobs, {len(rows)} configurations.\n\n{table}"
     paths = {"report": out / "report.md"}
-    paths["report"].write_text(text)
+    write_text(paths["report"], text)
     paths["learning_curves"] = plot_learning_curves(keys, rows, out / "learning_curves.png")
     if LR in keys:
         paths["lr_sensitivity"] = plot_lr_sensitivity(keys, rows, out / "lr_sensitivity.png")
     missing = [str(j.folder) for j in jobs if not (j.history and j.history.get("loss"))]
-    return {"table": table, "keys": keys, "rows": rows, "paths": paths, "no_history": missing}
+    return {"table": table, "keys": keys, "rows": rows, "paths": paths, "no_history": missing, "flagged": flagged}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -341,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     try:
         r = report(a.sweep_dir, a.out)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OSError) as e:
         raise SystemExit(f"metatuv-report: {e}") from None
     print(r["table"], end="")
     for folder in r["no_history"]:

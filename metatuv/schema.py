@@ -26,7 +26,8 @@ class BenchmarkConfig:
     shots: int = 10
     queries: int = 10
     ways: int | None = None  # image benchmarks
-    protocol: str | None = None  # omniglot: vinyals | maml
+    protocol: str | None = None  # omniglot: vinyals | maml | background
+    split_dir: str | None = None  # omniglot: a folder of train/val/test.txt split lists (splits/vinyals/ format)
     image_size: int | None = None
     rotate: str | None = None  # none | train | all
     amplitude: list[float] | None = None  # sinusoid
@@ -128,3 +129,26 @@ class RunConfig:
 def register() -> None:
     """Store the schema as ``schema`` (conf/config.yaml's first default)."""
     ConfigStore.instance().store(name="schema", node=RunConfig)
+
+
+def unknown_keys(cfg: Any, schema: type = RunConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys of the composed config ``cfg`` (any mapping) that the schema does not define, each with the schema's
+    keys at that level closest to it. Hydra lets ``+key=value`` add a key even to a typed config, so the entry
+    points check the result against the dataclasses here. Fields typed ``Any`` (``outer.optimizer``) hold free
+    content and are not looked into."""
+    import difflib
+    from dataclasses import MISSING, fields, is_dataclass
+
+    known = {f.name: f for f in fields(schema)}
+    out: list[tuple[str, list[str]]] = []
+    for key in cfg.keys():
+        f = known.get(key)
+        if f is None:
+            close = difflib.get_close_matches(str(key), list(known), n=2, cutoff=0.6)
+            out.append((f"{prefix}{key}", [f"{prefix}{c}" for c in close]))
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else None
+        value = cfg[key]
+        if is_dataclass(default) and hasattr(value, "keys"):
+            out += unknown_keys(value, type(default), f"{prefix}{key}.")
+    return out

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import random
+import math
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,18 +19,27 @@ from functools import partial
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from metatuv.checkpoint import load_checkpoint, save_checkpoint
-from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, load_splits
+from metatuv.checkpoint import (
+    NonFiniteCheckpoint,
+    damaged,
+    first_nonfinite,
+    load_checkpoint,
+    previous,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, image_shape, load_splits
+from metatuv.files import RunFileError, save_torch, write_json
 from metatuv.inner import BACKENDS, VECTORIZE
 from metatuv.inner.backends import Batch
-from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger
+from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger, wandb_run_id
 from metatuv.meta import (
     MetaLearner,
     accuracy,
@@ -48,7 +58,8 @@ from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.metric.plots import save_factor_figures
 from metatuv.metric.summary import factor_spectra, learned_metrics
 from metatuv.nn import conv4, mlp
-from metatuv.schema import register
+from metatuv.runlock import run_folder_lock
+from metatuv.schema import register, unknown_keys
 
 register()  # the typed schema conf/config.yaml starts from
 
@@ -58,6 +69,7 @@ REGRESSION = ("sinusoid", "polynomial")
 STATS_SEED_OFFSET = 2_000_003  # tasks observed for T/V statistics come from their own stream
 VAL_SEED_OFFSET = 3_000_017  # validation tasks (logger.eval_every)
 CHECKPOINT = "checkpoint.pt"
+DIVERGED_EXIT = 3  # exit status of a run whose meta-test (or baseline) score is not finite
 
 
 @dataclass
@@ -72,9 +84,12 @@ class Setup:
     val: Callable[[], Iterator[Batch]] | None = None  # validation tasks (logger.eval_every > 0)
 
 
-def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: bool = False) -> Setup:
+def build(
+    cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: bool = False, load_data: bool = True
+) -> Setup:
     """Benchmark, network and task streams from the config (``test`` draws from the ``eval_split`` classes;
-    ``with_val``: also a validation stream, fresh tasks for regression, the val classes for images)."""
+    ``with_val``: also a validation stream, fresh tasks for regression, the val classes for images;
+    ``load_data=False``: an image benchmark's network only, from the config, reading no data: the streams are None)."""
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
@@ -105,12 +120,19 @@ def build(cfg: DictConfig, preset: Preset, eval_split: str = "test", with_val: b
             f"benchmark.rotate={b.rotate} with protocol=vinyals would alias classes (its split lists already hold "
             "every rotation as a class); use benchmark.rotate=none, or benchmark.protocol=maml."
         )
-    splits = load_splits(b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir)
-    names = ("train", eval_split, "val") if with_val else ("train", eval_split)
-    used = {k: splits[k] for k in names}  # only these are sampled (and checked against ways/shots)
-    fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
-    c, h, _ = fs.image_shape
+    if load_data:
+        splits = load_splits(
+            b.name, cfg.paths.data_root, protocol, b.image_size, cfg.paths.cache_dir, b.get("split_dir")
+        )
+        names = ("train", eval_split, "val") if with_val else ("train", eval_split)
+        used = {k: splits[k] for k in names}  # only these are sampled (and checked against ways/shots)
+        fs = FewShot(used, b.ways, b.shots, b.queries, b.rotate, dev)
+        c, h, _ = fs.image_shape
+    else:
+        c, h, _ = image_shape(b.name, b.image_size)  # what load_splits yields (it refuses any other size)
     model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags, **inside)
+    if not load_data:
+        return Setup(model, cross_entropy, accuracy, "accuracy", None, None, None)  # type: ignore[arg-type]
     return Setup(
         model,
         cross_entropy,
@@ -153,9 +175,37 @@ def statistics_hook(
     return hook, tracker
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run here (one line with the fix), or None: cpu, cuda[:N] when present, mps when present."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"device={device!r} is not a torch device; use device=cpu or device=cuda (cuda:N for one GPU)"
+    if d.type == "cpu":
+        return None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"device={device} but CUDA is not available here; use device=cpu"
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            return f"device={device} but this machine has {torch.cuda.device_count()} CUDA device(s); use device=cuda"
+        return None
+    if d.type == "mps":
+        available = torch.backends.mps.is_available()
+        return None if available else f"device={device} but MPS is not available here; use device=cpu"
+    return f"device={device} is not supported; use device=cpu or device=cuda"
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail at start, with one line naming the key, the value and the fix, on values no run can use."""
-    i, o, b, e = cfg.inner, cfg.outer, cfg.benchmark, cfg.eval
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False))
+    if unknown:
+        key, close = unknown[0]
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(
+            f"{key} is not a config key (added with +{key}=...?); {hint}the keys are the fields of "
+            "metatuv/schema.py: drop it or fix its name."
+        )
+    i, o, b, e, lg = cfg.inner, cfg.outer, cfg.benchmark, cfg.eval, cfg.logger
 
     def choice(key: str, value, options) -> tuple[bool, str]:
         return value in options, f"{key}={value!r} is not one of {list(options)}"
@@ -176,14 +226,20 @@ def validate(cfg: DictConfig) -> None:
         (b.shots >= 1, f"benchmark.shots={b.shots} must be >= 1"),
         (b.queries >= 1, f"benchmark.queries={b.queries} must be >= 1"),
         (b.ways is None or b.ways >= 2, f"benchmark.ways={b.ways} must be >= 2"),
-        (e.tasks >= 1 and e.batch >= 1, f"eval.tasks={e.tasks} and eval.batch={e.batch} must be >= 1"),
+        (e.tasks >= 2, f"eval.tasks={e.tasks} must be >= 2 (a 95% CI needs two tasks; the papers use 600)"),
+        (e.batch >= 1, f"eval.batch={e.batch} must be >= 1"),
+        (lg.every >= 0, f"logger.every={lg.every} must be >= 0 (meta-steps between logs; 0: only at the end)"),
+        (lg.eval_every >= 0, f"logger.eval_every={lg.eval_every} must be >= 0 (0: no validation)"),
+        (
+            lg.eval_every == 0 or lg.eval_tasks >= 2,
+            f"logger.eval_tasks={lg.eval_tasks} must be >= 2 (a 95% CI needs two tasks), or logger.eval_every=0",
+        ),
+        (lg.images_every >= -1, f"logger.images_every={lg.images_every} must be >= -1 (0: at the end, -1: never)"),
+        (cfg.metric.batches >= 1, f"metric.batches={cfg.metric.batches} must be >= 1"),
         choice("metric.mode", cfg.metric.mode, MODES),
         choice("logger.name", cfg.logger.name, LOGGERS),
         (cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)"),
-        (
-            not str(cfg.device).startswith("cuda") or torch.cuda.is_available(),
-            f"device={cfg.device} but CUDA is not available here; use device=cpu",
-        ),
+        (device_problem(str(cfg.device)) is None, device_problem(str(cfg.device))),
     ]
     get_preset(cfg.model.name)  # unknown preset: its own one-line error
     for ok, message in rules:
@@ -192,12 +248,13 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build_learner(
-    cfg: DictConfig, eval_split: str = "test", with_val: bool = False
+    cfg: DictConfig, eval_split: str = "test", with_val: bool = False, load_data: bool = True
 ) -> tuple[Setup, Preset, MetaLearner]:
-    """The task streams, the network and its MetaLearner (fresh initialization from ``cfg.seed``)."""
+    """The task streams, the network and its MetaLearner (fresh initialization from ``cfg.seed``;
+    ``load_data=False``: no image data read, no image task streams, see ``build``)."""
     torch.manual_seed(cfg.seed)
     preset = get_preset(cfg.model.name)
-    setup = build(cfg, preset, eval_split, with_val)
+    setup = build(cfg, preset, eval_split, with_val, load_data)
     i = cfg.inner
     learner = MetaLearner.from_preset(
         setup.model.to(cfg.device),
@@ -217,14 +274,19 @@ def build_learner(
     return setup, preset, learner
 
 
+# The resume identity is every config key except these: they do not change what meta-training computes, so they
+# may change between a run and its resumption (README, "Checkpoints and resume"). Paths: where the same data live
+# (a moved data root or cache); logging and checkpoint cadence, progress bars; the meta-test settings (evaluated
+# after training); outer.steps (train on for longer); inner.compile (the same meta-gradients).
 RESUME_IGNORES = (
+    "paths",
     "progress",
     "checkpoint",
     "eval",
     "logger",
     "outer.steps",
     "inner.compile",
-)  # may change between a run and its resumption
+)
 
 
 ADDED_KEYS = {"model.bias_inside_T": False}  # keys added after runs were written: their value when absent
@@ -287,11 +349,13 @@ def ctrl_c_finishes_the_step(flag: list[int], enabled: bool = True):
         signal.signal(signal.SIGINT, old)
 
 
-def open_logger(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> RunLogger:
+def open_logger(
+    cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None, run_id: str | None = None
+) -> RunLogger:
     lg = cfg.logger
     config = _run_config(cfg)
     return make_logger(
-        lg.name, out_dir, config, lg.project, lg.mode, group, name, lg.entity, list(lg.tags), lg.system_stats
+        lg.name, out_dir, config, lg.project, lg.mode, group, name, lg.entity, list(lg.tags), lg.system_stats, run_id
     )
 
 
@@ -329,26 +393,48 @@ def monitor(
     return log
 
 
-def run(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> dict:
+def run(
+    cfg: DictConfig,
+    out_dir: Path,
+    group: str | None = None,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     """Meta-train (resuming from ``out_dir/checkpoint.pt`` if there is one), then evaluate the result and the
-    un-meta-trained initialization on the same test tasks. ``group``/``name``: the wandb run group and name."""
+    un-meta-trained initialization on the same test tasks. ``group``/``name``: the wandb run group and name;
+    ``overrides``: the command-line overrides, stored in results.json as the run's identity (metatuv-report)."""
+    validate(cfg)  # before the logger, the data and any file: a bad value fails with one line
     rank, size = init_from_env(cfg.device)
     if size > 1:  # every rank reads and rank 0 writes one folder: rank 0's (its clock named it)
         shared = [str(out_dir)]
         dist.broadcast_object_list(shared, src=0)
         out_dir = Path(shared[0])
-    logger = open_logger(cfg, out_dir, group, name) if rank == 0 else NullLogger()
-    try:
-        results = _run(cfg, out_dir, logger, (rank, size))
-    except BaseException:
-        logger.finish(ok=False)
-        raise
-    logger.finish(ok=True)
+    with run_folder_lock(out_dir, enabled=rank == 0):  # one writer per run folder, for the run's life
+        path = out_dir / CHECKPOINT
+        resuming = cfg.checkpoint.resume and (path.exists() or previous(path).exists())
+        run_id = wandb_run_id(out_dir, resuming) if rank == 0 and cfg.logger.name == "wandb" else None
+        logger = open_logger(cfg, out_dir, group, name, run_id) if rank == 0 else NullLogger()
+        try:
+            results = _run(cfg, out_dir, logger, (rank, size), overrides)
+        except BaseException:
+            logger.finish(ok=False)
+            raise
+        logger.finish(ok=True)
     return results
 
 
-def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, int] = (0, 1)) -> dict:
-    validate(cfg)
+def _finite(x: float | None) -> float | None:
+    """``x`` if it is a finite number, else None (strict JSON has no NaN)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _run(
+    cfg: DictConfig,
+    out_dir: Path,
+    logger: RunLogger,
+    shard: tuple[int, int] = (0, 1),
+    overrides: list[str] | None = None,
+) -> dict:
     rank, size = shard
     setup, preset, learner = build_learner(cfg, with_val=cfg.logger.eval_every > 0)
     i = cfg.inner
@@ -359,8 +445,8 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
     streams = {"train": setup.train, "observe": setup.observe}
 
     path, start, history, train_s = out_dir / CHECKPOINT, 0, [], 0.0
-    if cfg.checkpoint.resume and path.exists():
-        state, used = load_checkpoint(path, cfg.device)
+    if cfg.checkpoint.resume and (path.exists() or previous(path).exists()):
+        state, used = load_checkpoint(path, cfg.device)  # falls back on checkpoint.prev.pt, saying so
         _check_same_run(state["config"], cfg, used)
         start, history, train_s = state["step"], state["history"], state["train_seconds"]
         if start > cfg.outer.steps:
@@ -372,12 +458,16 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
             stream.load_state_dict({"generator": state["streams"][key]["generator"].cpu()})
         if tracker is not None:
             tracker.load_state_dict(state["statistics"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        print(f"resuming from {path} at meta-step {start}/{cfg.outer.steps}", flush=True)
-    elif cfg.logger.every > 0:
-        logger.log(learned_metrics(setup.model, i.lr), 0)  # the starting metric (identity unless estimated)
+        set_rng_state(state["rng"])
+        if used != path and path.exists() and rank == 0:  # the next save must not rotate it over the good copy
+            os.replace(path, damaged(path))
+            print(f"moved the damaged {path.name} aside to {damaged(path)}", flush=True)
+        logger.rewind(start)  # metrics.jsonl continues from the checkpoint's step
+        print(f"resuming from {used} at meta-step {start}/{cfg.outer.steps}", flush=True)
+    else:
+        logger.rewind(None)  # a fresh start in a used folder: no rows of the earlier run
+        if cfg.logger.every > 0:
+            logger.log(learned_metrics(setup.model, i.lr), 0)  # the starting metric (identity unless estimated)
 
     begin = time.perf_counter()
 
@@ -395,11 +485,21 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
             "inner_generator": generator.get_state(),
             "streams": {key: stream.state_dict() for key, stream in streams.items()},
             "statistics": tracker.state_dict() if tracker is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),  # tensors and plain values: the checkpoint loads with weights_only=True
             "config": _run_config(cfg),
         }
+        bad = first_nonfinite({"learner": state["learner"], "optimizer": state["optimizer"]})
+        if bad is not None:  # every rank stops (their states are equal)
+            raise NonFiniteCheckpoint(
+                f"{bad} is NaN/Inf after meta-step {done}; stopped without writing a checkpoint (the last good "
+                f"{path.name} is kept). Set outer.clip (e.g. outer.clip=10) or lower outer.lr."
+            )
         if rank == 0:
-            save_checkpoint(path, state)
+            try:
+                save_checkpoint(path, state)
+            except OSError as e:  # e.g. Errno 28: name the file (the previous checkpoint stays valid)
+                why = f"{e.strerror or e} (Errno {e.errno})" if e.errno else str(e)
+                raise RunFileError(f"cannot write {path}: {why}; free space on that disk, then rerun.") from e
 
     log = monitor(cfg, setup, learner, logger, out_dir)
 
@@ -439,29 +539,40 @@ def _run(cfg: DictConfig, out_dir: Path, logger: RunLogger, shard: tuple[int, in
         return evaluate(tested, setup.test(), cfg.eval.tasks, i.test_steps, setup.metric, cfg.progress, seed)
 
     results = {
+        "status": "ok",
         "benchmark": cfg.benchmark.name,
         "preset": preset.name,
         "metric_mode": cfg.metric.mode,
         "metric": setup.metric_name,
         "meta_steps": cfg.outer.steps,
         "train_seconds": round(train_s, 2),
-        "final_train_loss": sum(history[-100:]) / max(1, len(history[-100:])),
+        "final_train_loss": _finite(sum(history[-100:]) / max(1, len(history[-100:]))),
     }
-    results["test"], results["test_ci95"] = test(learner)
-    if cfg.eval.baseline:
-        results["baseline"], results["baseline_ci95"] = test(baseline)
+    scored = ["test", "baseline"] if cfg.eval.baseline else ["test"]
+    for key, tested in zip(scored, (learner, baseline), strict=False):
+        mean, ci = test(tested)  # a non-finite score is recorded as null and the run as diverged
+        results[key], results[f"{key}_ci95"] = _finite(mean), _finite(ci) if _finite(mean) is not None else None
+    diverged = [key for key in scored if results[key] is None]
+    if diverged:
+        results["status"], results["diverged"] = "diverged", diverged
     if preset.use_mask:
         results["mask_fractions"] = mask_fractions(setup.model)
-    torch.save(learner.state_dict(), out_dir / "model.pt")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "history.json").write_text(json.dumps({"step": list(range(len(history))), "loss": history}))
+    results["overrides"] = list(overrides) if overrides is not None else None  # the identity metatuv-report reads
+    results["config"] = _run_config(cfg)
+    save_torch(out_dir / "model.pt", learner.state_dict())
+    curve = {"step": list(range(len(history))), "loss": [_finite(v) for v in history]}  # a skipped NaN: null
+    write_json(out_dir / "history.json", curve, None)
+    write_json(out_dir / "results.json", results)  # last: its presence means the run's files are complete
     m = setup.metric_name
-    final = {f"test/{m}": results["test"], f"test/{m}_ci95": results["test_ci95"]}
-    if "baseline" in results:
-        final |= {f"baseline/{m}": results["baseline"], f"baseline/{m}_ci95": results["baseline_ci95"]}
+    final = {f"{k}/{m}{s}": results[f"{k}{s}"] for k in scored for s in ("", "_ci95") if results[f"{k}{s}"] is not None}
     logger.log(final, cfg.outer.steps)
-    logger.summary({**final, "train_seconds": results["train_seconds"]})
+    logger.summary({**final, "train_seconds": results["train_seconds"], "status": results["status"]})
     return results
+
+
+def score_text(metric: str, mean: float | None, ci95: float | None) -> str:
+    """``format_score``, or DIVERGED for a score recorded as null (non-finite)."""
+    return "DIVERGED (not finite)" if mean is None else format_score(metric, mean, ci95)
 
 
 def summary(cfg: DictConfig, r: dict) -> str:
@@ -469,13 +580,20 @@ def summary(cfg: DictConfig, r: dict) -> str:
     task = f"{b.ways}-way {b.shots}-shot" if b.get("ways") is not None else f"{b.shots}-shot"
     lines = [f"meta-test {r['metric']} over {n} tasks ({b.name} {task}, {steps} inner steps, 95% CI):"]
     trained = f"{r['preset']}, meta-trained {r['meta_steps']} steps"
-    lines.append(f"  {trained:<36} {format_score(r['metric'], r['test'], r['test_ci95'])}")
+    lines.append(f"  {trained:<36} {score_text(r['metric'], r['test'], r['test_ci95'])}")
     if "baseline" in r:
         lines.append(
             f"  {'same net, un-meta-trained (baseline)':<36} "
-            f"{format_score(r['metric'], r['baseline'], r['baseline_ci95'])}"
+            f"{score_text(r['metric'], r['baseline'], r['baseline_ci95'])}"
         )
     return "\n".join(lines)
+
+
+WHO = {"test": "the meta-trained model", "baseline": "the baseline (un-meta-trained)"}
+
+
+class Diverged(RuntimeError):
+    """A multirun job whose meta-test or baseline score is not finite (its results.json says status: diverged)."""
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -487,17 +605,28 @@ def _hydra_main(cfg: DictConfig) -> float:
     if hc.mode == RunMode.MULTIRUN:  # runs of one sweep share a wandb group named after the sweep folder
         group, name = str(hc.sweep.dir), f"{hc.job.num}:{hc.job.override_dirname}"
     try:
-        r = run(cfg, out_dir, group, name)
+        r = run(cfg, out_dir, group, name, [str(o) for o in hc.overrides.task])
     except Interrupted as e:
         print(e, flush=True)
         raise SystemExit(130) from None
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, RunFileError) as e:
         if hc.mode == RunMode.MULTIRUN:
             raise  # the launcher records the failed job
         raise SystemExit(f"metatuv-train: error: {e}") from None  # one line, no traceback
     if "rank" in r:  # a distributed run's other ranks: rank 0 reports
         return float("nan")
     print("\n" + summary(cfg, r))
+    if r["status"] == "diverged":
+        message = (
+            f"metatuv-train: DIVERGED: the meta-test {r['metric']} of {' and of '.join(WHO[k] for k in r['diverged'])} "
+            "is not finite "
+            f"(recorded as null, status diverged, in {out_dir / 'results.json'}); lower inner.lr or outer.lr, or "
+            "use outer.clip."
+        )
+        if hc.mode == RunMode.MULTIRUN:
+            raise Diverged(message)  # the launcher records the failed job; the sweep's other jobs still run
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(DIVERGED_EXIT)
     score = format_score(r["metric"], r["test"], r["test_ci95"])
     print(
         f"done: {r['preset']} on {r['benchmark']}, {r['metric']} {score} over {cfg.eval.tasks} tasks, "

@@ -221,3 +221,42 @@ def test_optuna_sweep_runs(tmp_path):
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"inner.lr", "outer.lr"}
     assert best["best_value"] == min(json.loads(r.read_text())["test"] for r in results)  # minimize: MSE
+
+
+def test_optuna_with_a_storage_continues_the_study(tmp_path):
+    """Two reruns of a 2-trial search on one sqlite study: 6 trials in job folders 0..5 (folder N = trial N), six
+    distinct points, every folder's results.json from the point its trial proposed."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ("sweep=optuna_inner_lr", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}")
+    outs = [multirun(tmp_path / "sweep", *args)[0] for _ in range(3)]
+    assert "Continuing study inner_lr: 2 trials stored" in outs[1].stdout + outs[1].stderr
+    assert "Continuing study inner_lr: 4 trials stored" in outs[2].stdout + outs[2].stderr
+    trials = optuna.load_study(study_name="inner_lr", storage=storage).trials
+    assert [t.number for t in trials] == list(range(6))
+    points = {(t.params["inner.lr"], t.params["outer.lr"]) for t in trials}
+    assert len(points) == 6  # no point proposed twice
+    folders = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert folders == [str(n) for n in range(6)]
+    for t in trials:
+        r = json.loads((tmp_path / "sweep" / str(t.number) / "results.json").read_text())
+        ov = dict(o.split("=", 1) for o in r["overrides"])
+        assert (float(ov["inner.lr"]), float(ov["outer.lr"])) == (t.params["inner.lr"], t.params["outer.lr"])
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert r["status"] == "ok" and r["test"] == t.value
+        else:  # a diverged point (α near 1) is a failed trial; max_failure_rate=1 lets the search go on
+            assert t.state == optuna.trial.TrialState.FAIL and r["status"] == "diverged" and r["test"] is None
+
+
+@pytest.mark.parametrize("path", FILES, ids=str)
+def test_every_config_file_defines_only_schema_keys(path):
+    from omegaconf import OmegaConf
+
+    from metatuv.schema import unknown_keys
+
+    group, name = path.parent.as_posix(), path.stem
+    if group.startswith("hydra"):
+        pytest.skip("launcher configs live under hydra.*, outside the run config")
+    cfg = cfg_of([f"{group}={name}"])
+    assert unknown_keys(OmegaConf.to_container(cfg, resolve=False)) == []

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 import pickle
 import zipfile
 
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from metatuv.data import ClassImages, EpisodeSampler, FewShot, Polynomial, load_splits, taskset_batches
-from metatuv.data.imagenet_like import l2l_splits, mini_imagenet_splits
+from metatuv.data.imagenet_like import l2l_splits, load_restricted_pickle, mini_imagenet_splits
 from metatuv.inner.backends import _import_learn2learn
 
 SPLITS = ("train", "val", "test")
@@ -253,3 +254,130 @@ def test_cache_sees_changes_inside_image_folders(tmp_path):
     Image.fromarray(np.zeros((100, 110, 3), dtype=np.uint8)).save(victim)
     again = mini_imagenet_splits(tmp_path / "mini-imagenet", cache_dir=tmp_path / "cache")["train"].images
     assert not torch.equal(first, again) and again[0].sum() == 0
+
+
+def test_overlapping_mini_imagenet_split_lists_are_refused(tmp_path):
+    root = tmp_path / "mini-imagenet"
+    write_mini_csv(root, classes=3, per_class=3, size=20)
+    (root / "test.csv").write_text((root / "train.csv").read_text())  # test = train
+    with pytest.raises(ValueError) as err:
+        load_splits("mini-imagenet", tmp_path, cache_dir=tmp_path / "cache")
+    assert str(err.value) == (
+        f"mini-imagenet under {tmp_path}: the train and test splits share 3 class(es) (e.g. 'n000000000'); a "
+        "meta-test on training classes is not a meta-test: fix the split lists so that train/val/test are disjoint."
+    )
+
+
+def test_the_same_class_under_another_name_is_found_by_content(tmp_path):
+    rng = np.random.default_rng(5)
+    data = {s: rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8) for s in SPLITS}
+    data["val"][3:] = data["train"][:3]  # val's second class is train's first, images and all
+    for split in SPLITS:
+        with (tmp_path / f"FC100_{split}.pickle").open("wb") as f:
+            pickle.dump({"data": data[split], "labels": [7, 7, 7, 9, 9, 9]}, f)  # learn2learn: labels per split
+    with pytest.raises(ValueError, match=r"the train and val splits share 1 class\(es\) \(e.g. '9'\)"):
+        load_splits("fc100", tmp_path, cache_dir=tmp_path / "cache")
+    data["val"][3:] = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # same label numbers, other images: fine
+    with (tmp_path / "FC100_val.pickle").open("wb") as f:
+        pickle.dump({"data": data["val"], "labels": [7, 7, 7, 9, 9, 9]}, f)
+    assert load_splits("fc100", tmp_path, cache_dir=tmp_path / "cache2")["val"].num_classes == 2
+
+
+def fake_vinyals(tmp_path, monkeypatch, lists: dict[str, list[str]]):
+    """Omniglot's vinyals route on a fake decoded set of 6 characters (the zips' decoding is tested above)."""
+    import metatuv.data.omniglot as omniglot
+
+    names = [f"Alpha/character{i:02d}" for i in range(1, 7)]
+    images = torch.randint(0, 256, (6, 20, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(omniglot, "load_omniglot", lambda root, size, cache: (images, names))
+    folder = tmp_path / "omniglot" / "splits" / "vinyals"
+    folder.mkdir(parents=True)
+    for split, lines in lists.items():
+        (folder / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+
+
+def test_overlapping_omniglot_split_lists_are_refused(tmp_path, monkeypatch):
+    train = ["Alpha/character01/rot000", "Alpha/character02/rot000", "Alpha/character03/rot090"]
+    lists = {"train": train, "val": ["Alpha/character04/rot000"], "test": [*train[1:], "Alpha/character05/rot000"]}
+    fake_vinyals(tmp_path, monkeypatch, lists)
+    with pytest.raises(
+        ValueError, match=r"the train and test splits share 2 class\(es\) \(e.g. 'Alpha/character02/rot000'"
+    ):
+        load_splits("omniglot", tmp_path)
+    lists["test"] = ["Alpha/character05/rot000", "Alpha/character06/rot000"]  # disjoint: loads
+    (tmp_path / "omniglot" / "splits" / "vinyals" / "test.txt").write_text("\n".join(lists["test"]))
+    assert [s.num_classes for s in load_splits("omniglot", tmp_path).values()] == [3, 1, 2]
+
+
+def test_empty_split_file_is_one_line(tmp_path, monkeypatch):
+    fake_vinyals(tmp_path, monkeypatch, {"train": ["Alpha/character01/rot000"], "val": [], "test": ["\n"]})
+    path = tmp_path / "omniglot" / "splits" / "vinyals" / "val.txt"
+    with pytest.raises(ValueError) as err:
+        load_splits("omniglot", tmp_path)
+    assert str(err.value) == f"{path} is empty; list the val classes, one Alphabet/characterNN/rotDDD a line."
+
+
+def test_damaged_omniglot_zip_names_the_file(tmp_path):
+    fake_omniglot(tmp_path, broken=False)
+    archive = tmp_path / "omniglot" / "images_background.zip"
+    raw = archive.read_bytes()
+    with zipfile.ZipFile(archive) as z:  # flip one byte inside the (stored) PNG: the CRC no longer matches
+        info = z.infolist()[0]
+        assert info.compress_type == zipfile.ZIP_STORED
+        at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    archive.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :])
+    with pytest.raises(ValueError) as err:
+        load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert message.startswith(f"{archive} is damaged at images_background/Alpha/character01/0001_01.png (Bad CRC-32")
+    assert message.endswith(
+        "download it again: the official zips from github.com/brendenlake/omniglot "
+        "(python/images_background.zip, images_evaluation.zip)."
+    )
+    archive.write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(ValueError, match=rf"^{archive} is damaged \(File is not a zip file\); download it again"):
+        load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_restricted_unpickler_reads_plain_data(tmp_path, protocol):
+    blob = {"image_data": np.arange(24, dtype=np.uint8).reshape(2, 3, 4), "class_dict": {"a": [0], "b": [np.int64(1)]}}
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps(blob, protocol=protocol))
+    got = load_restricted_pickle(path)
+    assert (got["image_data"] == blob["image_data"]).all() and got["class_dict"] == {"a": [0], "b": [1]}
+
+
+class _Runs:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_mini_imagenet_pickle_is_refused_and_never_run(tmp_path):
+    root = tmp_path / "mini-imagenet"
+    root.mkdir()
+    marker = tmp_path / "ran"
+    data = np.zeros((2, 84, 84, 3), dtype=np.uint8)
+    for mode in ("train", "validation", "test"):
+        with (root / f"mini-imagenet-cache-{mode}.pkl").open("wb") as f:
+            pickle.dump({"image_data": data, "class_dict": {"a": [0], "b": [1]}, "x": _Runs(marker)}, f)
+    with pytest.raises(ValueError, match=r"refused, not a plain-data pickle \(refused global posix.system") as err:
+        mini_imagenet_splits(root, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value) and not marker.exists()
+    with (root / "mini-imagenet-cache-train.pkl").open("rb") as f:
+        pickle.load(f)  # the control: plain pickle does run it
+    assert marker.exists()
+
+
+def test_learn2learn_pickles_pass_the_restricted_unpickler_first(tmp_path):
+    """FC100 is read by learn2learn with plain pickle: a crafted file is refused before learn2learn sees it."""
+    marker = tmp_path / "ran"
+    for split in SPLITS:
+        with (tmp_path / f"FC100_{split}.pickle").open("wb") as f:
+            pickle.dump({"data": np.zeros((4, 32, 32, 3), dtype=np.uint8), "labels": _Runs(marker)}, f)
+    with pytest.raises(ValueError, match=r"FC100_train.pickle: refused, not a plain-data pickle"):
+        l2l_splits("fc100", tmp_path, cache_dir=tmp_path / "cache")
+    assert not marker.exists()

@@ -1,16 +1,28 @@
 """Real Omniglot (data-marked: read from ../shared/data or METATUV_DATA_ROOT; run in CI)."""
 
+import json
+import os
+import subprocess
+import sys
 import time
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from metatuv.checkpoint import load_checkpoint
 from metatuv.data import EpisodeSampler, FewShot, load_splits
-from metatuv.data.omniglot import load_omniglot, omniglot_splits
+from metatuv.data.omniglot import BACKGROUND_VAL_ALPHABETS, load_omniglot, omniglot_splits, preprocess
 from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train
 from metatuv.nn import conv4
+from metatuv.train import CHECKPOINT, CONF_DIR, TEST_SEED_OFFSET, build_learner, run
 
 pytestmark = pytest.mark.data
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +120,137 @@ def test_vinyals_bad_line_names_file_and_line(data_root, tmp_path, cache_dir):
     (root / "splits" / "vinyals" / "val.txt").write_text("Angelic/character01/rot000\n\nAngelic/character01/rot045\n")
     with pytest.raises(ValueError, match="val.txt:3: 'Angelic/character01/rot045' names no Omniglot"):
         omniglot_splits(root, "vinyals", 28, cache_dir)
+
+
+def _alphabets(part: Path) -> set[str]:
+    with zipfile.ZipFile(part) as z:
+        return {n.split("/")[1] for n in z.namelist() if n.endswith(".png")}
+
+
+def test_background_protocol_sizes_and_alphabets(data_root, cache_dir):
+    s = omniglot_splits(data_root / "omniglot", "background", 28, cache_dir)
+    assert {k: v.num_classes for k, v in s.items()} == {"train": 804, "val": 160, "test": 659}
+    background = _alphabets(data_root / "omniglot" / "images_background.zip")
+    evaluation = _alphabets(data_root / "omniglot" / "images_evaluation.zip")
+    alph = {k: {n.split("/")[0] for n in v.names} for k, v in s.items()}
+    assert alph["val"] == set(BACKGROUND_VAL_ALPHABETS) and len(alph["train"]) == 25
+    assert alph["train"] | alph["val"] == background and not alph["train"] & alph["val"]
+    assert alph["test"] == evaluation and len(evaluation) == 20
+
+
+def test_which_protocols_train_on_evaluation_alphabets(data_root, cache_dir):
+    """The README's table: evaluation-alphabet characters in each protocol's train / val / test split."""
+    evaluation = _alphabets(data_root / "omniglot" / "images_evaluation.zip")
+    counts = {}
+    for protocol in ("vinyals", "maml", "background"):
+        s = omniglot_splits(data_root / "omniglot", protocol, 28, cache_dir)
+        chars = {k: {n.rsplit("/", 1)[0] if protocol == "vinyals" else n for n in v.names} for k, v in s.items()}
+        counts[protocol] = {k: (sum(c.split("/")[0] in evaluation for c in v), len(v)) for k, v in chars.items()}
+    assert counts == {
+        "vinyals": {"train": (236, 1028), "val": (0, 172), "test": (423, 423)},
+        "maml": {"train": (430, 1100), "val": (49, 100), "test": (180, 423)},
+        "background": {"train": (0, 804), "val": (0, 160), "test": (659, 659)},
+    }
+
+
+def test_preprocess_and_content_cache_on_the_real_zips(data_root, cache_dir, tmp_path, capsys):
+    images, names = load_omniglot(data_root / "omniglot", 28, cache_dir)
+    with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as z:
+        data = z.read("images_evaluation/Tengwar/character05/1535_07.png")
+    assert torch.equal(preprocess(data, 28, torch.uint8), images[names.index("Tengwar/character05"), 6])
+    other = tmp_path / "elsewhere" / "omniglot"  # a second data root over the same zips
+    other.mkdir(parents=True)
+    for part in ("images_background.zip", "images_evaluation.zip"):
+        (other / part).symlink_to(data_root / "omniglot" / part)
+    capsys.readouterr()
+    again, _ = load_omniglot(other, 28, cache_dir)
+    assert "decoded" not in capsys.readouterr().out and torch.equal(again, images)
+    assert len(list(Path(cache_dir).glob("omniglot-28-*.pt"))) == 1
+
+
+@pytest.mark.slow
+def test_background_run_scored_on_episode_folders_from_evaluation_alphabets(data_root, cache_dir, tmp_path):
+    """Done-when of issue 18: a short protocol=background run, then metatuv-eval RUN --episodes DIR on folders built
+    here from evaluation-alphabet PNGs, checked against evaluate() on the loader's own tensors of the same images."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            [
+                "benchmark=omniglot",
+                "benchmark.protocol=background",
+                "benchmark.arch.hidden=16",
+                "debug=default",
+                "outer.steps=20",
+                "outer.meta_batch=4",
+                f"paths.data_root={data_root}",
+                f"paths.cache_dir={cache_dir}",
+            ],
+        )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run(cfg, run_dir)
+    splits = omniglot_splits(data_root / "omniglot", "background", 28, cache_dir)
+    seen = set(splits["train"].names) | set(splits["val"].names)
+
+    # 4 episodes, 5-way 1-shot 3-query, from evaluation-alphabet characters (the original PNG bytes)
+    rng = np.random.default_rng(18)
+    with zipfile.ZipFile(data_root / "omniglot" / "images_evaluation.zip") as z:
+        members = sorted(n for n in z.namelist() if n.endswith(".png"))
+        by_char: dict[str, list[str]] = {}
+        for n in members:
+            by_char.setdefault(n.split("/", 1)[1].rsplit("/", 1)[0], []).append(n)
+        chars = sorted(by_char)
+        episodes, eps_dir = [], tmp_path / "my episodes"
+        for e in range(4):
+            picked = [chars[i] for i in rng.choice(len(chars), 5, replace=False)]
+            assert not set(picked) & seen and set(picked) <= set(splits["test"].names)  # held out
+            classes = sorted(c.replace("/", "__") for c in picked)  # folder name = label; sorted = label order
+            episode = []
+            for c in classes:
+                drawers = rng.choice(20, 4, replace=False)
+                files = [by_char[c.replace("__", "/")][d] for d in drawers]
+                for part, chosen in (("support", files[:1]), ("query", files[1:])):
+                    folder = eps_dir / f"ep{e}" / part / c
+                    folder.mkdir(parents=True)
+                    for f in chosen:
+                        (folder / f.rsplit("/", 1)[1]).write_bytes(z.read(f))
+                episode.append((c.replace("__", "/"), [int(d) for d in drawers]))
+            episodes.append(episode)
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run(
+        [str(BIN / "metatuv-eval"), str(run_dir), "--episodes", str(eps_dir), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "accuracy over the 4 episodes" in out.stdout
+    r = json.loads(next(run_dir.glob("eval-episodes-my_episodes-*-3steps.json")).read_text())
+    accs = [e["accuracy"] for e in r["per_episode"]]
+    assert r["episodes"] == len(accs) == 4 and [e["episode"] for e in r["per_episode"]] == ["ep0", "ep1", "ep2", "ep3"]
+    assert all(e["support"] == 5 and e["query"] == 15 for e in r["per_episode"])
+    assert 0 <= r["mean"] <= 1 and r["mean"] == pytest.approx(float(np.mean(accs)), abs=1e-12)
+    assert f"{100 * r['mean']:.4f}% ± {100 * r['ci95']:.4f}%" in out.stdout
+    print(
+        f"\nbackground run, 20 meta-steps: {r['mean']:.3f} ± {r['ci95']:.3f} on 4 evaluation-alphabet episodes {accs}"
+    )
+
+    # reference: the loader's tensors of the same drawings, the learner rebuilt with its data, evaluate() in process
+    images, names = load_omniglot(data_root / "omniglot", 28, cache_dir)
+    state, _ = load_checkpoint(run_dir / CHECKPOINT)
+    saved = OmegaConf.create(state["config"])
+    _, _, learner = build_learner(saved)
+    learner.load_state_dict(state["learner"])
+    batches = []
+    for episode in episodes:
+        xs = torch.stack([images[names.index(c), d[0]] for c, d in episode]).float() / 255
+        xq = torch.stack([images[names.index(c), i] for c, d in episode for i in d[1:]]).float() / 255
+        ys, yq = torch.arange(5), torch.arange(5).repeat_interleave(3)
+        batches.append((xs[None], ys[None], xq[None], yq[None]))
+    mean, ci, per = evaluate(
+        learner, iter(batches), 4, saved.inner.test_steps, accuracy, False, saved.seed + TEST_SEED_OFFSET, True
+    )
+    assert per.tolist() == pytest.approx(accs, abs=1e-6)
+    assert mean == pytest.approx(r["mean"], abs=1e-6) and ci == pytest.approx(r["ci95"], abs=1e-6)

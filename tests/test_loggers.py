@@ -138,8 +138,11 @@ def test_finish_is_called_when_the_run_fails(tmp_path, monkeypatch):
             super().finish(ok)
 
     monkeypatch.setattr(train, "make_logger", lambda kind, out_dir, *a: Recording(out_dir))
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown preset"):  # a bad value fails before the logger opens
         run(cfg("model.name=nope"), tmp_path)
+    assert finished == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # a run that fails once the logger is open
+        run(cfg("benchmark=omniglot", f"paths.data_root={tmp_path / 'nowhere'}"), tmp_path)
     assert finished == [False]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metatuv.report import load_jobs, main, summarize
+from metatuv.report import load_jobs, main, report, summarize
 
 BIN = Path(sys.executable).parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -152,3 +152,89 @@ def test_help_and_no_hydra_runtime():
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([str(BIN / "metatuv-report"), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "hydra.sweep.dir" in r.stdout and "--out" in r.stdout
+
+
+def test_a_refused_rerun_is_flagged_not_labelled(tmp_path):
+    """The issue's two sweeps: the second one's tnet jobs land in folders 2 and 3, which hold tuv's finished runs;
+    the app refuses them, Hydra has already rewritten their .hydra/. The report must not show tuv's numbers as tnet."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    sweep_dir = tmp_path / "S"
+    for models in ("maml,tuv", "maml,tnet,tuv"):
+        cmd = [str(BIN / "metatuv-train"), "-m", f"model={models}", "inner.lr=0.01,0.04", "debug=default"]
+        r = subprocess.run([*cmd, f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode != 0 and "checkpoint.pt was written by a run with model.name='tuv'" in r.stderr
+    for job, said in (("2", "model=tnet"), ("3", "model=tnet")):  # Hydra's record of the refused rerun
+        assert said in (sweep_dir / job / ".hydra" / "overrides.yaml").read_text().replace("- ", "")
+    r = subprocess.run([str(BIN / "metatuv-report"), str(sweep_dir)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (sweep_dir / "report.md").read_text()
+    head, rows = table_rows(text)
+    assert [row[:3] for row in rows] == [
+        ["maml", "0.01", "1"],
+        ["maml", "0.04", "1"],
+        ["tuv", "0.01", "1"],
+        ["tuv", "0.04", "1"],
+    ]  # no tnet row: tnet never finished anywhere
+    for row, job in zip(rows, ("0", "1", "4", "5"), strict=True):  # each row from the run that produced it
+        res = json.loads((sweep_dir / job / "results.json").read_text())
+        assert res["preset"] == row[0] and f"inner.lr={row[1]}" in res["overrides"]
+        assert row[3] == f"{res['test']:.4f} ± {res['test_ci95']:.4f}"
+    for job, lr in (("2", "0.01"), ("3", "0.04")):
+        line = (
+            f"FLAGGED: job {sweep_dir / job}: .hydra/overrides.yaml says model=tnet but its results.json was written "
+            "by a run with model=tuv (a later rerun there was refused?); left out of the table"
+        )
+        assert line in text and line in r.stdout
+        assert json.loads((sweep_dir / job / "results.json").read_text())["overrides"][1] == f"inner.lr={lr}"
+    assert "4 jobs, 4 configurations." in text
+
+
+def own_job(folder: Path, own: list[str], hydra: list[str], test: float | None, status: str = "ok") -> None:
+    """A job folder as the app writes it: results.json with its own identity; .hydra/ as Hydra last wrote it."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(hydra))
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"inner": {"lr": 123.0}, "eval": {"tasks": 7}}))
+    res = {"status": status, "preset": own[0].split("=")[1], "metric": "MSE", "test": test, "test_ci95": 0.1}
+    if status == "diverged":
+        res |= {"test_ci95": None, "diverged": ["test"]}
+    res |= {"overrides": own, "config": {"inner": {"lr": float(own[1].split("=")[1])}, "eval": {"tasks": 600}}}
+    (folder / "results.json").write_text(json.dumps(res))
+
+
+def test_identity_and_config_come_from_results_json(tmp_path):
+    own_job(tmp_path / "0", ["model=maml", "inner.lr=0.1"], ["model=maml", "inner.lr=0.1"], 1.0)
+    own_job(tmp_path / "1", ["model=tuv", "inner.lr=0.1"], ["model=tnet", "inner.lr=0.1"], 2.0)
+    own_job(tmp_path / "x", ["model=tuv", "inner.lr=0.2"], [], 3.0)
+    (tmp_path / "x" / ".hydra" / "overrides.yaml").unlink()  # no .hydra/overrides.yaml: the run's own record suffices
+    jobs = load_jobs(tmp_path)
+    assert [j.conflict is None for j in jobs] == [True, False, True]
+    assert jobs[0].config["eval"]["tasks"] == 600  # results.json's config, not .hydra/config.yaml's
+    assert "says model=tnet but its results.json was written by a run with model=tuv" in jobs[1].conflict
+    r = report(tmp_path)
+    assert [row.values for row in r["rows"]] == [("maml", "0.1"), ("tuv", "0.2")]
+    assert "task-level 95% CI over its 600 meta-test tasks" in r["table"]
+
+
+def test_diverged_jobs_are_shown_and_never_averaged(tmp_path, capsys):
+    own_job(tmp_path / "0", ["model=maml", "inner.lr=0.1", "seed=0"], ["model=maml", "inner.lr=0.1", "seed=0"], 1.0)
+    own_job(
+        tmp_path / "1",
+        ["model=maml", "inner.lr=0.1", "seed=1"],
+        ["model=maml", "inner.lr=0.1", "seed=1"],
+        None,
+        "diverged",
+    )
+    own_job(tmp_path / "2", ["model=tuv", "inner.lr=0.1", "seed=0"], ["model=tuv", "inner.lr=0.1", "seed=0"], 0.5)
+    own_job(tmp_path / "3", ["model=tuv", "inner.lr=0.1", "seed=1"], ["model=tuv", "inner.lr=0.1", "seed=1"], 0.7)
+    legacy = tmp_path / "4"  # a results.json from before the status field: a bare NaN
+    fake_job(legacy, ["model=mtnet", "inner.lr=0.1", "seed=0"], float("nan"), float("nan"), [1.0, 2.0], 0.1)
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    head, body = table_rows(out)
+    assert head[:2] == ["model", "seeds"]
+    assert body == [
+        ["maml", "2", "diverged (1 of 2)"],
+        ["mtnet", "1", "diverged (1 of 1)"],
+        ["tuv", "2", f"0.6000 ± {1.96 * statistics.stdev([0.5, 0.7]) / math.sqrt(2):.4f}"],
+    ]
+    assert f"DIVERGED: non-finite meta-test score (not averaged) in 2 job(s): {tmp_path / '1'}, {legacy}." in out

@@ -129,6 +129,12 @@ METATUV = {  # name -> (backend, vectorize, compile)
     "metatuv-learn2learn": ("learn2learn", "loop", False),
 }
 DEFAULT_CONTENDERS = "higher,learn2learn,func-loop,func-vmap,metatuv"
+NEEDS = {
+    "higher": "higher",
+    "metatuv-higher": "higher",
+    "learn2learn": "learn2learn",
+    "metatuv-learn2learn": "learn2learn",
+}
 CHUNKS = (8, 4, 2, 1)  # --chunk-sweep: metatuv-chunkN beside metatuv (chunk_size=None)
 
 
@@ -275,6 +281,15 @@ def contender_factory(name: str):
 
 
 # ---------------------------------------------------------------- measurement
+
+
+def import_error(package: str) -> str | None:
+    """Why ``package`` does not import (None when it does): the line that says why a contender is skipped."""
+    try:
+        import_learn2learn() if package == "learn2learn" else __import__(package)
+    except Exception as err:  # learn2learn can fail for other reasons than absence (its gym import)
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def progress(msg: str) -> None:
@@ -553,6 +568,8 @@ def main() -> None:
     ap.add_argument("--profile-contender", default="metatuv")
     ap.add_argument("--profile-top", type=int, default=15)
     ap.add_argument("--profile-torch", action="store_true", help="also a torch.profiler table of the same N steps")
+    ap.add_argument("--skip-missing", action="store_true", help="drop (with a line) contenders whose package is absent")
+    ap.add_argument("--smoke", action="store_true", help="2 tasks, 1 query/class, 8 channels, 28×28: plumbing only")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.warmup = min(args.repeats, 3), min(args.warmup, 1)
@@ -567,6 +584,11 @@ def main() -> None:
     bad = [c for c in contenders if c not in NAIVE and c not in METATUV and not c.startswith("metatuv-chunk")]
     if unknown or bad:
         ap.error(f"unknown workloads {unknown} / contenders {bad}")
+    if args.skip_missing:
+        missing = {pkg: why for pkg in set(NEEDS.values()) if (why := import_error(pkg))}
+        for c in [c for c in contenders if NEEDS.get(c) in missing]:
+            print(f"skipped contender {c}: {NEEDS[c]} does not import ({missing[NEEDS[c]]})", flush=True)
+        contenders = [c for c in contenders if NEEDS.get(c) not in missing]
     out = Path(args.out or Path(__file__).with_name(f"results-{args.device}.json"))
     info = machine(args.device)
     mem_method = PeakMemory(args.device).method
@@ -576,6 +598,8 @@ def main() -> None:
 
     for wname in names:
         wl = WORKLOADS[wname]
+        if args.smoke:
+            wl = Workload(**{**asdict(wl), "tasks": 2, "queries": 1, "hidden": 8, "image_size": 28})
         if wl.classification and wl.image_size == 28:
             wl = Workload(**{**asdict(wl), "pool": args.omniglot_pool})
         batch = make_batch(wl, args.device)

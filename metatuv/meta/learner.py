@@ -262,8 +262,11 @@ def meta_train(
     A NaN/Inf meta-loss raises NonFiniteLoss naming its step when the losses are next synchronized (every
     ``log_every`` steps, and before ``after_step`` reads them — so no checkpoint holding it is written);
     ``nonfinite="skip"`` instead checks every step (one host sync) and skips meta-batches whose loss or gradient is
-    not finite, giving up after MAX_SKIPS in a row. ``shard=(rank, world)`` (an initialized process group):
-    this rank adapts its share of every meta-batch and the meta-gradients are all-reduced (metatuv.meta.distributed).
+    not finite, giving up after MAX_SKIPS in a row. The parameters are checked after every update (max |θ|, read
+    with the losses): an update that leaves a NaN/Inf parameter raises NonFiniteLoss naming that step in both
+    modes (an applied update cannot be skipped), again before ``after_step`` could checkpoint it.
+    ``shard=(rank, world)`` (an initialized process group): this rank adapts its share of every meta-batch and the
+    meta-gradients are all-reduced (metatuv.meta.distributed).
     """
     if nonfinite not in NONFINITE:
         raise ValueError(f"meta_train: nonfinite={nonfinite!r}; choose one of {list(NONFINITE)}.")
@@ -275,18 +278,30 @@ def meta_train(
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(seed + INNER_SEED_OFFSET)
     losses: list[float] = list(history or [])
-    pending: list[Tensor] = []  # losses not yet synchronized to floats
+    pending: list[Tensor] = []  # (loss, max |θ| after the update) per step, not yet synchronized to floats
+    checked = [p for p in learner.parameters() if p.numel()]  # (an empty tensor has no max)
 
     def flush() -> list[float]:
         if pending:
-            new = torch.stack(pending).tolist()
+            pairs = torch.stack(pending).tolist()
             pending.clear()
-            bad = [i for i, v in enumerate(new) if not math.isfinite(v)]
-            if bad and nonfinite == "stop":  # (with "skip" the bad steps were not applied)
-                k = len(losses) + bad[0]
+            new = [loss for loss, _ in pairs]
+            never = len(new)
+            bad = next((i for i, v in enumerate(new) if not math.isfinite(v)), never)
+            if nonfinite == "skip":  # (the steps with a bad loss were not applied)
+                bad = never
+            bad_params = next((i for i, (_, m) in enumerate(pairs) if not math.isfinite(m)), never)
+            if bad < never and bad <= bad_params:
                 raise NonFiniteLoss(
-                    f"meta-loss is {new[bad[0]]} at meta-step {k}; stopped (checkpoints before it are kept). "
-                    "Lower outer.lr or inner.lr, set outer.clip, or outer.nonfinite=skip to skip such meta-batches."
+                    f"meta-loss is {new[bad]} at meta-step {len(losses) + bad}; stopped (checkpoints before it are "
+                    "kept). Lower outer.lr or inner.lr, set outer.clip, or outer.nonfinite=skip to skip such "
+                    "meta-batches."
+                )
+            if bad_params < never:
+                raise NonFiniteLoss(
+                    f"meta-parameters became {pairs[bad_params][1]} in the update of meta-step "
+                    f"{len(losses) + bad_params} (its meta-loss {new[bad_params]} was finite); stopped (checkpoints "
+                    "before it are kept). Set outer.clip (e.g. outer.clip=10) or lower outer.lr."
                 )
             losses.extend(new)
         return losses
@@ -300,7 +315,6 @@ def meta_train(
         loss = learner.backward(_next(batches, step), generator, shard)
         if shard is not None and shard[1] > 1:
             loss = allreduce_(learner.parameters(), loss)
-        pending.append(loss)
         # max_norm=inf leaves the gradients as they are; the total norm is NaN/Inf if any entry is
         norm = nn.utils.clip_grad_norm_(learner.parameters(), clip if clip is not None else math.inf)
         if nonfinite == "skip" and not torch.isfinite(loss + norm).item():
@@ -313,6 +327,13 @@ def meta_train(
         else:
             skipped = 0
             optimizer.step()
+        with torch.no_grad():  # max |θ| after the update: NaN if any entry is NaN, Inf if any is infinite
+            top = torch.stack(
+                [n.double() for n in torch._foreach_norm(checked, math.inf)] + [loss.new_zeros((), dtype=torch.float64)]
+            ).amax()
+        pending.append(torch.stack([loss.double(), top.to(loss.device)]))
+        if nonfinite == "skip":  # synchronizing anyway: a non-finite update stops at its own step
+            flush()
         if (step + 1) % log_every == 0:
             recent = flush()[-log_every:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
@@ -343,10 +364,12 @@ def evaluate(
     metric: LossFn = mse,
     progress: bool = True,
     seed: int = 0,
-) -> tuple[float, float]:
+    per_task: bool = False,
+) -> tuple[float, float] | tuple[float, float, Tensor]:
     """Adapt on each test task's support set (graph-free, ``steps`` inner steps) and score its query set.
 
-    Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width. Tasks are vmapped in chunks of
+    Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width (``per_task``: and the
+    (tasks,) float64 tensor of the task scores, in stream order). Tasks are vmapped in chunks of
     ``learner.chunk_size`` (default: the whole batch) unless ``learner.vectorize == "loop"`` (one task at a time);
     both give the same scores (tests/test_meta.py).
     """
@@ -376,4 +399,5 @@ def evaluate(
                     scores.append(vmap(score)(*args))
                 bar.update(part.stop - part.start)
             done += n
-    return mean_ci95(torch.cat(scores))
+    values = torch.cat(scores)
+    return (*mean_ci95(values), values.double().cpu()) if per_task else mean_ci95(values)

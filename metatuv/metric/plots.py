@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from metatuv.figure import figure
+from metatuv.files import save_figure
 from metatuv.metric.summary import factor_spectra, tuv_layers
 
 
@@ -49,6 +50,6 @@ def save_factor_figures(model: nn.Module, folder: Path, step: int) -> dict[str, 
         ax.legend()
         fig.suptitle(f"{label}, meta-step {step}")
         path = folder / f"{label}-step{step}.png"
-        fig.savefig(path, dpi=80)
+        save_figure(fig, path, dpi=80)  # atomic: a kill while drawing leaves no half PNG
         paths[name] = path
     return paths

@@ -1,0 +1,1 @@
+"""metatuv's Hydra plugins (discovered by Hydra in the ``hydra_plugins`` namespace package)."""
