@@ -201,6 +201,77 @@ def test_seed_sets_the_initialization():
     assert not torch.equal(a["0.U"], c["0.U"])
 
 
+# model.name: the preset's factors, masks, rule parameters and fast set, written out here by hand
+EXPECTED = {  # preset: (parameters of layer 0 besides U and bias, rule parameters, fast parameters)
+    "maml": ([], [], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "fomaml": ([], [], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "metasgd": ([], ["lrs.0__U", "lrs.0__bias", "lrs.2__U", "lrs.2__bias"], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "lslr": ([], ["lrs.0__U", "lrs.0__bias", "lrs.2__U", "lrs.2__bias"], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "anil": ([], [], ["2.U", "2.bias"]),
+    "metacurvature": (
+        [],
+        ["curvature.0__U_o", "curvature.0__U_i", "curvature.2__U_o", "curvature.2__U_i"],
+        ["0.U", "0.bias", "2.U", "2.bias"],
+    ),
+    "tnet": (["0.T"], [], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "mtnet": (["0.T", "0.mask_logit"], [], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "tuv": (["0.T", "0.V"], [], ["0.U", "0.bias", "2.U", "2.bias"]),
+    "mtuv": (["0.T", "0.V", "0.mask_logit"], [], ["0.U", "0.bias", "2.U", "2.bias"]),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED))
+def test_model_name_builds_that_preset(preset):
+    _, _, learner = build_learner(cfg_of(f"model={preset}"))
+    layer0, rule, fast = EXPECTED[preset]
+    names = [n for n, _ in learner.model.named_parameters() if n.startswith("0.")]
+    assert sorted(names) == sorted(["0.U", "0.bias", *layer0])
+    assert sorted(n for n, _ in learner.rule.named_parameters()) == sorted(rule)
+    assert learner.fast_names == fast
+
+
+def test_validation_scores_use_logger_eval_tasks(tmp_path):
+    """logger.eval_every=1, logger.eval_tasks=3: the logged val/MSE is the trained network adapted by hand on the
+    first 3 validation tasks (stream seed + VAL_SEED_OFFSET, eval.batch at a time)."""
+    import json
+
+    from metatuv.train import VAL_SEED_OFFSET
+
+    cfg = cfg_of(
+        "model=maml",
+        "outer.steps=1",
+        "logger.every=1",
+        "logger.eval_every=1",
+        "logger.eval_tasks=3",
+        "eval.tasks=2",
+        "eval.batch=4",
+        "eval.baseline=false",
+        "inner.test_steps=1",
+        "inner.lr=0.05",
+    )
+    run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (logged,) = [r["val/MSE"] for r in rows if "val/MSE" in r]
+    _, _, learner = build_learner(cfg)
+    learner.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    xs, ys, xq, yq = next(sinusoid_of(cfg).batches(4, cfg.seed + VAL_SEED_OFFSET))
+    model, params = learner.model, leaves(learner)
+    scores = []
+    for t in range(3):
+        adapted = hand_adapt(model, params, list(params), xs[t], ys[t], 0.05, 1, create_graph=False)
+        scores.append(mse(functional_call(model, adapted, (xq[t],)), yq[t]).item())
+    assert logged == pytest.approx(sum(scores) / 3, rel=1e-5)
+    four = scores + [
+        mse(
+            functional_call(
+                model, hand_adapt(model, params, list(params), xs[3], ys[3], 0.05, 1, create_graph=False), (xq[3],)
+            ),
+            yq[3],
+        ).item()
+    ]
+    assert abs(sum(four) / 4 - logged) > 1e-6 * logged  # the count matters
+
+
 # --- benchmark keys: the tasks the trainer sees ---------------------------------------------------------------------
 
 
@@ -272,3 +343,40 @@ def test_statistics_keys_reach_the_estimate():
     assert torch.allclose(1e6 * T @ T.T, torch.eye(4, dtype=D), atol=1e-3)
     V = learner.model[0].V.detach().double()
     assert V.item() == pytest.approx((tracker.A["0"].item() + 1e6) ** -0.5, rel=1e-5)
+
+
+@pytest.mark.data
+def test_omniglot_keys_shape_the_episodes_and_the_network(data_root, cache_dir):
+    """ways/shots/queries shape the episodes, rotate=train turns the training classes only (protocol=maml's
+    splits), arch.hidden and arch.pool shape conv4."""
+    from test_protocol import turned_fraction
+
+    from metatuv.data import load_splits
+
+    cfg = cfg_of(
+        "benchmark=omniglot",
+        f"paths.data_root={data_root}",
+        f"paths.cache_dir={cache_dir}",
+        "benchmark.protocol=maml",
+        "benchmark.rotate=train",
+        "benchmark.ways=3",
+        "benchmark.shots=2",
+        "benchmark.queries=1",
+        "benchmark.arch.hidden=4",
+        "benchmark.arch.pool=max",
+        "outer.meta_batch=2",
+        "eval.batch=2",
+        "logger.eval_every=1",
+    )
+    setup = build(cfg, build_learner(cfg)[1], with_val=True)
+    splits = load_splits("omniglot", data_root, "maml", 28, cache_dir)
+    assert {k: s.num_classes for k, s in splits.items()} == {"train": 1100, "val": 100, "test": 423}
+    for split, stream in (("train", setup.train), ("test", setup.test()), ("val", setup.val())):
+        xs, ys, xq, yq = next(stream)
+        assert xs.shape == (2, 6, 1, 28, 28) and xq.shape == (2, 3, 1, 28, 28)
+        assert ys[0].tolist() == [0, 0, 1, 1, 2, 2] and yq[0].tolist() == [0, 1, 2]
+        frac = turned_fraction(splits[split], torch.cat([xs, xq], 1))
+        assert (frac > 0.4) if split == "train" else (frac == 0.0), (split, frac)
+    convs = [m for m in setup.model if hasattr(m, "U") and m.U.dim() == 4]
+    assert [tuple(m.U.shape) for m in convs] == [(4, 1, 3, 3)] + [(4, 4, 3, 3)] * 3
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in setup.model) == 4 and setup.model[-1].U.shape == (3, 4)

@@ -1,0 +1,101 @@
+"""Small core functions no other fast test reached (found by mutation testing, docs/mutation.md): the compiled
+meta-gradient's bookkeeping (run eagerly), the optimizer factory, score formatting, the statistics tracker's state,
+layer reprs."""
+
+import functools
+
+import pytest
+import torch
+from conftest import random_factors
+
+import metatuv.meta.learner as learner_module
+from metatuv.meta import MetaLearner, build_optimizer, format_score, mse
+from metatuv.metric import StatisticsTracker
+from metatuv.nn import TUVConv2d, TUVLayer, TUVLinear, mlp
+
+D = torch.float64
+
+
+def mtuv_learner(**kw):
+    torch.manual_seed(0)
+    model = mlp([2, 4, 3], use_T=True, use_V=True, use_mask=True).double()
+    for m in model.modules():
+        if isinstance(m, TUVLayer):
+            random_factors(m)
+    return MetaLearner(model, mse, lr=0.2, steps=2, **kw)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_compiled_backward_bookkeeping_equals_autograd(monkeypatch, chunk_size):
+    """MetaLearner.backward with compile=True, the compiler replaced by the identity: torch.func.grad of the summed
+    query losses / tasks gives the autograd meta-gradient, accumulated over chunks, the frozen parameters excluded;
+    on CPU the C++ wrapper is asked for."""
+    asked = []
+
+    def eager(fn, cpp_wrapper=False):
+        asked.append(cpp_wrapper)
+        return fn
+
+    monkeypatch.setattr(learner_module, "compiled", eager)
+    g = torch.Generator().manual_seed(1)
+    batch = tuple(torch.randn(3, 5, n, dtype=D, generator=g) for n in (2, 3, 2, 3))
+    grads, losses = {}, {}
+    for compile in (False, True):
+        learner = mtuv_learner(chunk_size=chunk_size, compile=compile)
+        learner.model[0].T.requires_grad_(False)  # a frozen meta parameter (metric=statistics)
+        learner.model[2].V.grad = torch.ones_like(learner.model[2].V)  # .grad accumulates
+        losses[compile] = learner.backward(batch, torch.Generator().manual_seed(7))
+        grads[compile] = {n: p.grad for n, p in learner.named_parameters()}
+    assert asked and all(asked)
+    assert losses[True].item() == pytest.approx(losses[False].item(), rel=1e-12)
+    assert grads[True]["model.0.T"] is None and grads[False]["model.0.T"] is None
+    for n, g_ref in grads[False].items():
+        if g_ref is not None:
+            assert torch.allclose(grads[True][n], g_ref, atol=1e-12, rtol=1e-10), n
+    assert grads[True]["model.0.mask_logit"].abs().sum() > 0
+
+
+def test_build_optimizer_passes_lr_and_chooses_fused():
+    params = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))]
+    opt = build_optimizer(torch.optim.Adam, params, 0.003)
+    assert opt.defaults["lr"] == 0.003 and opt.defaults["fused"] is True
+    assert [p for g in opt.param_groups for p in g["params"]] == params
+    chosen = build_optimizer(functools.partial(torch.optim.Adam, fused=False), params, 0.01)  # Hydra's _partial_
+    assert chosen.defaults["fused"] is False and chosen.defaults["lr"] == 0.01
+    ints = [torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))]
+    assert build_optimizer(torch.optim.Adam, ints, 0.1).defaults["fused"] is False  # not floating point
+    sgd = build_optimizer(torch.optim.SGD, params, 0.5)
+    assert sgd.defaults["lr"] == 0.5 and sgd.defaults["fused"] is True
+
+    def factory(ps, lr):  # takes no `fused`
+        return torch.optim.Adagrad(ps, lr=lr)
+
+    assert build_optimizer(factory, params, 0.2).defaults["lr"] == 0.2
+    assert build_optimizer(torch.optim.LBFGS, params, 0.2).defaults["lr"] == 0.2  # no `fused` either
+
+
+def test_format_score():
+    assert format_score("accuracy", 0.927444, 0.005348) == "92.7444% ± 0.5348%"
+    assert format_score("MSE", 0.02134567, 0.0029) == "0.0213 ± 0.0029"
+
+
+def test_statistics_tracker_state_round_trip():
+    layer = TUVLinear(3, 2, dtype=D)
+    tracker = StatisticsTracker(layer, decay=0.5)
+    tracker.observe(lambda o, y: ((o - y) ** 2).mean(), torch.randn(4, 3, dtype=D), torch.randn(4, 2, dtype=D))
+    state = tracker.state_dict()
+    assert set(state) == {"A", "G"} and set(state["A"]) == {""} and set(state["G"]) == {""}
+    other = StatisticsTracker(layer, decay=0.5)
+    other.load_state_dict(state)
+    assert torch.equal(other.A[""], tracker.A[""]) and torch.equal(other.G[""], tracker.G[""])
+    other.A[""] = torch.zeros(3, 3, dtype=D)  # the loaded dicts are copies
+    assert not torch.equal(tracker.A[""], other.A[""])
+    with pytest.raises(ValueError, match="decay=1"):
+        StatisticsTracker(layer, decay=1)
+
+
+def test_layer_reprs_name_shapes_and_factors():
+    assert repr(TUVLinear(3, 2, use_V=False)) == ("TUVLinear(U=(2, 3), T=True, V=False, bias=True, mask_logit=False)")
+    assert "U=(4, 1, 3, 3), T=False, V=True, bias=False, mask_logit=True" in repr(
+        TUVConv2d(1, 4, 3, bias=False, use_T=False, use_mask=True)
+    )
