@@ -380,3 +380,37 @@ def test_omniglot_keys_shape_the_episodes_and_the_network(data_root, cache_dir):
     convs = [m for m in setup.model if hasattr(m, "U") and m.U.dim() == 4]
     assert [tuple(m.U.shape) for m in convs] == [(4, 1, 3, 3)] + [(4, 4, 3, 3)] * 3
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in setup.model) == 4 and setup.model[-1].U.shape == (3, 4)
+
+
+# --- engine keys: same numbers by design (tests/test_backends.py, test_compile.py), so checked by the code they reach
+
+
+@pytest.mark.parametrize(
+    "overrides,spied,expected_calls",
+    [
+        (["inner.backend=higher"], ("higher", "innerloop_ctx"), 4),  # one context per task
+        (["inner.backend=learn2learn"], ("learn2learn", "clone_module"), 4),
+        (["inner.vectorize=loop"], ("metatuv.inner.backends", "vmap"), 0),
+        (["inner.vectorize=loop", "inner.chunk_size=3"], ("metatuv.inner.backends", "vmap"), 0),
+        (["inner.chunk_size=2"], ("metatuv.inner.backends", "vmap"), 2),  # default (all 4 at once): 1 call
+        (["inner.compile=true"], ("metatuv.meta.learner", "compiled"), 1),
+    ],
+)
+def test_engine_keys_reach_the_inner_loop(monkeypatch, overrides, spied, expected_calls):
+    import importlib
+
+    module = importlib.import_module(spied[0])
+    real, calls = getattr(module, spied[1]), []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        if spied[1] == "compiled":  # the compiler replaced by the identity: same numbers, eagerly
+            return args[0]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, spied[1], spy)
+    cfg = cfg_of("model=maml", "outer.meta_batch=4", *overrides)
+    setup, _, learner = build_learner(cfg)
+    loss = learner.backward(next(setup.train))
+    assert torch.isfinite(loss)
+    assert len(calls) == expected_calls
