@@ -3,6 +3,7 @@ meta-gradient's bookkeeping (run eagerly), the optimizer factory, score formatti
 layer reprs."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -99,3 +100,61 @@ def test_layer_reprs_name_shapes_and_factors():
     assert "U=(4, 1, 3, 3), T=False, V=True, bias=False, mask_logit=True" in repr(
         TUVConv2d(1, 4, 3, bias=False, use_T=False, use_mask=True)
     )
+
+
+def test_build_optimizer_without_a_readable_signature_passes_no_fused():
+    class NoSignature:  # inspect.signature fails on it: it must be called without `fused`
+        __signature__ = 1
+
+        def __call__(self, params, lr):
+            return torch.optim.SGD(params, lr=lr)
+
+    params = [torch.nn.Parameter(torch.randn(3))]
+    assert build_optimizer(NoSignature(), params, 0.25).defaults["lr"] == 0.25
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_build_optimizer_fuses_on_cuda():
+    params = [torch.nn.Parameter(torch.randn(3, device="cuda"))]
+    assert build_optimizer(torch.optim.Adam, params, 0.1).defaults["fused"] is True
+
+
+def test_dense_preconditioner_of_a_conv_and_at_the_size_limit():
+    from conftest import vec
+
+    from metatuv.metric import dense_preconditioner, factors
+    from metatuv.metric.factors import MAX_DENSE
+
+    conv = TUVConv2d(2, 3, 3, dtype=D)
+    random_factors(conv)
+    left, right = factors(conv)
+    P = dense_preconditioner(conv).detach()
+    assert P.shape == (6, 6) and torch.allclose(P, torch.kron(right, left).detach())
+    G = torch.randn(3, 2, dtype=D)
+    assert torch.allclose(P @ vec(G), vec(left.detach() @ G @ right.detach()))
+    assert MAX_DENSE == 64 * 64
+    assert dense_preconditioner(TUVLinear(64, 64, use_T=False, use_V=False)).shape == (4096, 4096)  # = limit: built
+    with pytest.raises(ValueError, match="m×n = 17×241 = 4097 exceeds 4096"):
+        dense_preconditioner(TUVLinear(241, 17, use_T=False, use_V=False))
+
+
+def test_learned_metrics_layers_labels_and_given_spectra():
+    from metatuv.metric.summary import _factor_stats, learned_metrics, tuv_layers
+
+    net = torch.nn.Sequential(
+        TUVLinear(2, 2, use_T=True, use_V=False),
+        TUVLinear(2, 2, use_T=False, use_V=True),
+        TUVLinear(2, 2, use_T=False, use_V=False),  # MAML layer: no metric
+    )
+    assert list(tuv_layers(net)) == ["0", "1"]
+    stats = _factor_stats(torch.tensor([0.0, 2.0], dtype=D))  # singular: infinite condition number
+    assert stats["cond"] == math.inf and stats["eig_max"] == 2.0 and stats["eig_min"] == 0.0
+    stats = _factor_stats(torch.tensor([0.5, 2.0], dtype=D))
+    assert stats["cond"] == 4.0 and stats["eig_min"] == 0.5
+    lone = TUVLinear(2, 3, use_mask=True)  # the model is the layer itself: named "layer"
+    given = {"": {"TT": torch.tensor([1.0, 4.0], dtype=D), "VV": torch.tensor([3.0], dtype=D)}}
+    m = learned_metrics(lone, lr=0.5, spectra=given)  # the spectra passed in are used, not recomputed
+    assert m["metric/layer/TT/eig_max"] == 4.0 and m["metric/layer/VV/eig_min"] == 3.0
+    assert m["metric/layer/max_step"] == 0.5 * 4.0 * 3.0
+    assert m["mask/layer/hard"] == 0.0 and m["mask/layer/expected"] == 0.5
