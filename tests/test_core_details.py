@@ -158,3 +158,41 @@ def test_learned_metrics_layers_labels_and_given_spectra():
     assert m["metric/layer/TT/eig_max"] == 4.0 and m["metric/layer/VV/eig_min"] == 3.0
     assert m["metric/layer/max_step"] == 0.5 * 4.0 * 3.0
     assert m["mask/layer/hard"] == 0.0 and m["mask/layer/expected"] == 0.5
+
+
+def test_conv_statistics_are_channel_covariances_by_hand():
+    """A = E[x xᵀ] and Γ = E[δ δᵀ] over samples and positions, channel by channel (δ = batch × ∂L/∂output)."""
+    conv = TUVConv2d(2, 3, 3, padding=1, dtype=D)
+    x, y = torch.randn(4, 2, 5, 5, dtype=D), torch.randn(4, 3, 5, 5, dtype=D)
+    tracker = StatisticsTracker(conv, decay=0.0)  # decay 0: the last observation only
+    tracker.observe(mse, torch.randn(4, 2, 5, 5, dtype=D), y)
+    tracker.observe(mse, x, y)
+    out = conv(x).detach().requires_grad_()
+    (delta,) = torch.autograd.grad(mse(out, y), out)
+    delta = 4 * delta
+    assert torch.allclose(tracker.A[""], torch.einsum("bihw,bjhw->ij", x, x) / (4 * 25), atol=1e-12)
+    assert torch.allclose(tracker.G[""], torch.einsum("bihw,bjhw->ij", delta, delta) / (4 * 25), atol=1e-12)
+
+
+def test_reestimate_default_damping_and_unused_mask_logits():
+    """reestimate() damps with λ = 1e-3 by default; MT-net mask logits (unused by the forward pass) are allowed."""
+    from metatuv.metric import factors, reestimate
+
+    layer = TUVLinear(3, 2, use_mask=True, dtype=D)
+    x, y = torch.randn(8, 3, dtype=D), torch.randn(8, 2, dtype=D)
+    tracker = reestimate(layer, mse, [(x, y)])
+    left, right = factors(layer)
+    eye = lambda k: torch.eye(k, dtype=D)  # noqa: E731
+    assert torch.allclose(left, torch.linalg.inv(tracker.G[""] + 1e-3 * eye(2)), atol=1e-8)
+    assert torch.allclose(right, torch.linalg.inv(tracker.A[""] + 1e-3 * eye(3)), atol=1e-8)
+
+
+def test_mask_fractions_hard_is_the_share_of_positive_logits():
+    from metatuv.metric import mask_fractions
+
+    layer = TUVLinear(2, 3, use_mask=True, dtype=D)
+    with torch.no_grad():
+        layer.mask_logit.copy_(torch.tensor([0.5, -0.5, 2.0], dtype=D))
+    f = mask_fractions(torch.nn.Sequential(layer))["0"]
+    assert f["hard"] == pytest.approx(2 / 3)
+    assert f["expected"] == pytest.approx(torch.sigmoid(torch.tensor([0.5, -0.5, 2.0])).mean().item(), rel=1e-6)
