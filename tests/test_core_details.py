@@ -196,3 +196,95 @@ def test_mask_fractions_hard_is_the_share_of_positive_logits():
     f = mask_fractions(torch.nn.Sequential(layer))["0"]
     assert f["hard"] == pytest.approx(2 / 3)
     assert f["expected"] == pytest.approx(torch.sigmoid(torch.tensor([0.5, -0.5, 2.0])).mean().item(), rel=1e-6)
+
+
+def tiny(mask=False, scale=1.0):
+    torch.manual_seed(0)
+    model = mlp([1, 4, 1], use_T=True, use_V=False, use_mask=mask).double()
+    return MetaLearner(model, lambda p, y: scale * mse(p, y), lr=0.1, steps=1)
+
+
+def tiny_batches(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield tuple(torch.randn(2, 3, 1, dtype=D, generator=g) for _ in range(4))
+
+
+def flat(learner):
+    return torch.cat([p.detach().flatten() for p in learner.parameters()])
+
+
+def test_meta_train_defaults_adam_lr_and_clip():
+    """No optimizer: Adam with meta_lr = 1e-3, so the first step is −1e-3·g/(|g| + 1e-8); clip defaults to 10."""
+    from metatuv.meta import meta_train
+
+    learner = tiny()
+    before = flat(learner)
+    learner.meta_loss(next(tiny_batches())).backward()
+    g = torch.cat([p.grad.flatten() for p in learner.parameters()])
+    learner.zero_grad()
+    meta_train(learner, tiny_batches(), 1, progress=False)
+    assert torch.allclose(flat(learner) - before, -1e-3 * g / (g.abs() + 1e-8), atol=1e-12, rtol=1e-9)
+    big = tiny(scale=1e4)  # gradient norm far above 10
+    before = flat(big)
+    meta_train(big, tiny_batches(), 1, optimizer=torch.optim.SGD(big.parameters(), lr=1.0), progress=False)
+    assert (flat(big) - before).norm().item() == pytest.approx(10.0, rel=1e-5)
+
+
+def test_meta_train_inner_generator_defaults_to_seed_plus_offset():
+    """MT-net masks: the default generator is seeded with seed + 0x5EED (seed defaults to 0)."""
+    from metatuv.meta import meta_train
+
+    runs = {}
+    for key, kw in {
+        "default": {},
+        "explicit": {"generator": torch.Generator().manual_seed(0x5EED)},
+        "seed1": {"seed": 1},
+    }.items():
+        learner = tiny(mask=True)
+        meta_train(
+            learner, tiny_batches(), 3, optimizer=torch.optim.SGD(learner.parameters(), lr=0.5), progress=False, **kw
+        )
+        runs[key] = flat(learner)
+    assert torch.equal(runs["default"], runs["explicit"])
+    assert not torch.equal(runs["default"], runs["seed1"])
+
+
+def test_meta_train_argument_checks_and_progress(capsys):
+    from metatuv.meta import meta_train
+
+    learner = tiny()
+    for kw in ({"steps": -1}, {"steps": 2, "meta_lr": 0.0}, {"steps": 2, "start": 3}, {"steps": 2, "start": -1}):
+        with pytest.raises(ValueError, match="meta_train: need 0 <= start"):
+            meta_train(learner, tiny_batches(), **kw)
+    assert meta_train(learner, tiny_batches(), 0, progress=False) == []
+    assert meta_train(learner, tiny_batches(), 2, start=2, history=[1.0, 2.0], progress=False) == [1.0, 2.0]
+    capsys.readouterr()
+    meta_train(learner, tiny_batches(), 1)  # progress bar by default
+    assert "meta-train" in capsys.readouterr().err
+
+
+def test_meta_train_checks_for_nan_every_log_every_steps():
+    """A NaN at step 0 is found at the first synchronization: after log_every = 100 steps by default."""
+    from metatuv.meta import NonFiniteLoss, meta_train
+
+    def poisoned():
+        for i, (xs, ys, xq, yq) in enumerate(tiny_batches()):
+            yield xs, ys, xq, yq * (float("nan") if i == 0 else 1.0)
+
+    for kw, ran in (({}, 100), ({"log_every": 7}, 7)):
+        steps = []
+        learner = tiny()
+        opt = torch.optim.SGD(learner.parameters(), lr=0.0)
+        with pytest.raises(NonFiniteLoss, match="at meta-step 0"):
+            meta_train(learner, poisoned(), 300, optimizer=opt, progress=False, on_step=steps.append, **kw)
+        assert len(steps) == ran
+
+
+def test_class_images_from_grouped_names():
+    from metatuv.data.episodes import ClassImages
+
+    x = torch.zeros(3, 2, 1, 4, 4, dtype=torch.uint8)
+    assert ClassImages.from_grouped(x).names == []
+    data = ClassImages.from_grouped(x, ["a", "b", "c"])
+    assert data.names == ["a", "b", "c"] and data.counts.tolist() == [2, 2, 2] and data.offsets.tolist() == [0, 2, 4]
