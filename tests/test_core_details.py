@@ -288,3 +288,49 @@ def test_class_images_from_grouped_names():
     assert ClassImages.from_grouped(x).names == []
     data = ClassImages.from_grouped(x, ["a", "b", "c"])
     assert data.names == ["a", "b", "c"] and data.counts.tolist() == [2, 2, 2] and data.offsets.tolist() == [0, 2, 4]
+
+
+def poisoned(bad):
+    for i, (xs, ys, xq, yq) in enumerate(tiny_batches()):
+        yield xs, ys, xq, yq * (float("nan") if i in bad else 1.0)
+
+
+def test_meta_train_stop_names_the_first_bad_step():
+    from metatuv.meta import NonFiniteLoss, meta_train
+
+    learner = tiny()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.0)
+    with pytest.raises(NonFiniteLoss, match=r"meta-loss is nan at meta-step 3; stopped"):
+        meta_train(learner, poisoned({3, 5}), 8, optimizer=opt, progress=False, log_every=2, nonfinite="stop")
+
+
+def test_meta_train_skip_drops_bad_batches_and_gives_up_after_eleven():
+    from metatuv.meta import NonFiniteLoss, meta_train
+
+    learner = tiny()
+    before = flat(learner)
+    opt = torch.optim.SGD(learner.parameters(), lr=0.1)
+    history = meta_train(learner, poisoned({1}), 3, optimizer=opt, progress=False, log_every=1, nonfinite="skip")
+    assert len(history) == 3 and math.isnan(history[1]) and math.isfinite(history[2])
+    assert torch.isfinite(flat(learner)).all() and not torch.equal(flat(learner), before)
+    steps = []
+    with pytest.raises(
+        NonFiniteLoss, match="11 meta-batches in a row had a non-finite loss or gradient up to meta-step 10"
+    ):
+        meta_train(
+            tiny(), poisoned(set(range(100))), 50, optimizer=opt, progress=False, nonfinite="skip", on_step=steps.append
+        )
+    assert len(steps) == 11
+    skipped_then_fine = poisoned(set(range(10)) | set(range(11, 21)))  # 10 bad, 1 good, 10 bad: never 11 in a row
+    learner = tiny()
+    out = meta_train(
+        learner,
+        skipped_then_fine,
+        21,
+        optimizer=torch.optim.SGD(learner.parameters(), lr=0.1),
+        progress=False,
+        nonfinite="skip",
+    )
+    assert sum(math.isfinite(v) for v in out) == 1
+    with pytest.raises(ValueError, match="nonfinite='ignore'"):
+        meta_train(learner, tiny_batches(), 1, nonfinite="ignore")
