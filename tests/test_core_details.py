@@ -334,3 +334,26 @@ def test_meta_train_skip_drops_bad_batches_and_gives_up_after_eleven():
     assert sum(math.isfinite(v) for v in out) == 1
     with pytest.raises(ValueError, match="nonfinite='ignore'"):
         meta_train(learner, tiny_batches(), 1, nonfinite="ignore")
+
+
+def test_meta_train_after_step_and_progress_postfix(capsys):
+    """after_step(step, losses) after every meta-step with the history so far; the bar shows the mean of the last
+    log_every losses."""
+    from metatuv.meta import meta_train
+
+    learner = tiny()
+    seen = []
+    history = meta_train(
+        learner,
+        tiny_batches(),
+        3,
+        optimizer=torch.optim.SGD(learner.parameters(), lr=0.0),
+        progress=False,
+        after_step=lambda step, losses: seen.append((step, list(losses()))),
+    )
+    assert [s for s, _ in seen] == [0, 1, 2] and [len(h) for _, h in seen] == [1, 2, 3] and seen[-1][1] == history
+    capsys.readouterr()
+    history = meta_train(
+        learner, tiny_batches(), 4, optimizer=torch.optim.SGD(learner.parameters(), lr=0.0), log_every=2
+    )
+    assert f"loss={(history[2] + history[3]) / 2:.4f}" in capsys.readouterr().err
