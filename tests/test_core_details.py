@@ -357,3 +357,64 @@ def test_meta_train_after_step_and_progress_postfix(capsys):
         learner, tiny_batches(), 4, optimizer=torch.optim.SGD(learner.parameters(), lr=0.0), log_every=2
     )
     assert f"loss={(history[2] + history[3]) / 2:.4f}" in capsys.readouterr().err
+
+
+def id_images(classes=3, per_class=4):
+    """ClassImages whose every pixel holds the image's id = class·per_class + index (read back as x·255)."""
+    from metatuv.data.episodes import ClassImages
+
+    ids = torch.arange(classes * per_class, dtype=torch.uint8)
+    return ClassImages.from_grouped(ids.view(classes, per_class, 1, 1, 1).expand(-1, -1, 1, 2, 2).contiguous())
+
+
+def ids_of(x):
+    return x.mul(255).round().long()[..., 0, 0, 0]
+
+
+def test_episode_sampler_draws_without_replacement_independently_per_task_and_seeded():
+    from metatuv.data.episodes import EpisodeSampler
+
+    data = id_images()
+    sampler = EpisodeSampler(data, ways=2, shots=2, queries=2)  # k + q = the whole class
+    xs, ys, xq, yq = next(sampler.batches(60, seed=4, dtype=torch.float64))
+    assert xs.dtype == torch.float64 and not sampler.rotate  # no rotation unless asked
+    seen = set()
+    for t in range(60):
+        for c in range(2):
+            got = torch.cat([ids_of(xs[t][ys[t] == c]), ids_of(xq[t][yq[t] == c])]).sort().values
+            cls = got[0].item() // 4
+            assert got.tolist() == list(range(4 * cls, 4 * cls + 4))  # every image of the class, once
+        seen.add(tuple(ids_of(xs[t]).tolist()))
+    assert len(seen) > 20  # tasks draw their own classes and images
+    torch.manual_seed(123)  # the global RNG plays no part: the stream's own generator does
+    again = next(sampler.batches(60, seed=4, dtype=torch.float64))
+    assert all(torch.equal(a, b) for a, b in zip((xs, ys, xq, yq), again, strict=True))
+    assert not torch.equal(next(sampler.batches(60, seed=5, dtype=torch.float64))[0], xs)
+
+
+def test_episode_sampler_argument_checks():
+    from metatuv.data.episodes import EpisodeSampler
+
+    data = id_images(classes=3, per_class=4)
+    assert EpisodeSampler(data, ways=2, shots=1, queries=1).ways == 2  # the smallest allowed
+    assert EpisodeSampler(data, ways=3, shots=3, queries=1).shots == 3  # k + q = 4 images: allowed
+    for kw in (
+        {"ways": 1, "shots": 1, "queries": 1},
+        {"ways": 2, "shots": 0, "queries": 1},
+        {"ways": 2, "shots": 1, "queries": 0},
+    ):
+        with pytest.raises(ValueError, match="episodes: ways="):
+            EpisodeSampler(data, **kw)
+    with pytest.raises(ValueError, match="shots \\+ queries = 3 \\+ 2 = 5 exceeds the 4 images .* in the split split"):
+        EpisodeSampler(data, ways=2, shots=3, queries=2)
+    with pytest.raises(ValueError, match="exceeds the 3 classes of the train split"):
+        EpisodeSampler(data, ways=4, shots=1, queries=1, split="train")
+
+
+def test_class_images_to_keeps_names():
+    data = id_images().to("cpu")
+    assert data.names == [] and data.counts.tolist() == [4, 4, 4]
+    from metatuv.data.episodes import ClassImages
+
+    named = ClassImages.from_grouped(torch.zeros(2, 3, 1, 2, 2, dtype=torch.uint8), ["a", "b"]).to("cpu")
+    assert named.names == ["a", "b"]
