@@ -418,3 +418,22 @@ def test_class_images_to_keeps_names():
 
     named = ClassImages.from_grouped(torch.zeros(2, 3, 1, 2, 2, dtype=torch.uint8), ["a", "b"]).to("cpu")
     assert named.names == ["a", "b"]
+
+
+def test_rotation_turns_come_from_the_stream_and_images_must_be_uint8_nchw():
+    from metatuv.data.episodes import ClassImages, EpisodeSampler
+
+    g = torch.Generator().manual_seed(0)
+    data = ClassImages.from_grouped(torch.randint(0, 256, (4, 3, 1, 5, 5), generator=g, dtype=torch.uint8))
+    sampler = EpisodeSampler(data, ways=3, shots=1, queries=1, rotate=True)
+    torch.manual_seed(1)
+    a = next(sampler.batches(8, seed=2))
+    torch.manual_seed(2)  # the turns too come from the stream's generator, not the global one
+    b = next(sampler.batches(8, seed=2))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="images must be uint8"):
+        ClassImages(torch.zeros(4, 1, 2, 2), torch.tensor([2, 2]))  # float
+    with pytest.raises(ValueError, match="images must be uint8"):
+        ClassImages(torch.zeros(4, 2, 2, dtype=torch.uint8), torch.tensor([2, 2]))  # 3-D
+    with pytest.raises(ValueError, match="counts sum to 3 but there are 4 images"):
+        ClassImages(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([2, 1]))
