@@ -261,7 +261,11 @@ def test_meta_train_argument_checks_and_progress(capsys):
     assert meta_train(learner, tiny_batches(), 2, start=2, history=[1.0, 2.0], progress=False) == [1.0, 2.0]
     capsys.readouterr()
     meta_train(learner, tiny_batches(), 1)  # progress bar by default
-    assert "meta-train" in capsys.readouterr().err
+    assert "meta-train: " in capsys.readouterr().err
+    meta_train(learner, tiny_batches(), 1, progress=False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="the task stream ended after 2 meta-batches"):
+        meta_train(learner, iter([next(tiny_batches())] * 2), 3, progress=False)
 
 
 def test_meta_train_checks_for_nan_every_log_every_steps():
@@ -278,7 +282,7 @@ def test_meta_train_checks_for_nan_every_log_every_steps():
         opt = torch.optim.SGD(learner.parameters(), lr=0.0)
         with pytest.raises(NonFiniteLoss, match="at meta-step 0"):
             meta_train(learner, poisoned(), 300, optimizer=opt, progress=False, on_step=steps.append, **kw)
-        assert len(steps) == ran
+        assert steps == list(range(ran))
 
 
 def test_class_images_from_grouped_names():
@@ -437,3 +441,36 @@ def test_rotation_turns_come_from_the_stream_and_images_must_be_uint8_nchw():
         ClassImages(torch.zeros(4, 2, 2, dtype=torch.uint8), torch.tensor([2, 2]))  # 3-D
     with pytest.raises(ValueError, match="counts sum to 3 but there are 4 images"):
         ClassImages(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([2, 1]))
+
+
+def test_backward_shards_add_up_to_the_whole_meta_batch():
+    """shard=(rank, world): each rank's tasks, each divided by the full count; the ranks' sums are the whole batch's
+    gradient and loss (no process group needed to check the arithmetic); the returned loss is the mean query loss."""
+    g = torch.Generator().manual_seed(3)
+    batch = tuple(torch.randn(6, 3, 1, dtype=D, generator=g) for _ in range(4))
+    whole = tiny()
+    loss = whole.backward(batch)
+    assert loss.dtype == D and loss.item() == pytest.approx(whole.meta_loss(batch).item(), rel=1e-12)
+    for world, chunk in ((2, None), (3, 1)):
+        total, grads = 0.0, None
+        for rank in range(world):
+            learner = tiny()
+            learner.chunk_size = chunk
+            total += learner.backward(batch, shard=(rank, world)).item()
+            part = [p.grad.clone() for p in learner.parameters()]
+            grads = part if grads is None else [a + b for a, b in zip(grads, part, strict=True)]
+        assert total == pytest.approx(loss.item(), rel=1e-12)
+        for a, p in zip(grads, whole.parameters(), strict=True):
+            assert torch.allclose(a, p.grad, atol=1e-14, rtol=1e-10)
+    with pytest.raises(ValueError, match="meta-batch of 6 tasks does not split over 4 processes"):
+        tiny().backward(batch, shard=(0, 4))
+    learner = tiny()  # a world of one needs no process group
+    assert len(meta_train_one(learner, shard=(0, 1))) == 1
+
+
+def meta_train_one(learner, **kw):
+    from metatuv.meta import meta_train
+
+    return meta_train(
+        learner, tiny_batches(), 1, optimizer=torch.optim.SGD(learner.parameters(), lr=0.1), progress=False, **kw
+    )
