@@ -33,7 +33,7 @@ def test_compiled_backward_bookkeeping_equals_autograd(monkeypatch, chunk_size):
     on CPU the C++ wrapper is asked for."""
     asked = []
 
-    def eager(fn, cpp_wrapper=False):
+    def eager(fn, cpp_wrapper=False, cache=None):
         asked.append(cpp_wrapper)
         return fn
 
