@@ -3,6 +3,8 @@
 References are numpy / scipy / learn2learn and share no code with metatuv.nn.bounded or metatuv.meta.rule.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -211,7 +213,7 @@ def test_train_config_bound_option(tmp_path):
 
     from metatuv.train import build_learner, validate
 
-    conf = str((__import__("pathlib").Path(__file__).resolve().parents[1] / "conf"))
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
         cfg = compose("config", overrides=["model=tnet", "model.bound=spectrum", "model.max_step=0.5", "inner.lr=0.01"])
         validate(cfg)
