@@ -64,7 +64,7 @@ class OuterConfig:
 @dataclass
 class ModelConfig:
     name: str = "tuv"
-    # bounded learned metric (issue 20, metatuv/nn/bounded.py): none | spectral | spectrum; null = the preset's own
+    # bounded learned metric (issue 20, metatuv/nn/bounded.py): none | tanh | spectral | spectrum; null: the preset's
     bound: str | None = None
     # the bound on every layer's largest effective step α·λmax(VᵀV ⊗ TTᵀ) (λmax(P) < max_step / inner.lr)
     max_step: float = 1.0

@@ -134,7 +134,7 @@ def build(
 
 
 def model_bound(cfg: DictConfig, preset: Preset) -> str:
-    """The run's factor bound: ``model.bound`` when set, else the preset's own (none | spectral | spectrum)."""
+    """The run's factor bound: ``model.bound`` when set, else the preset's own (none | tanh | spectral | spectrum)."""
     bound = cfg.model.get("bound") or preset.bound
     if bound not in BOUNDS:
         raise ValueError(f"model.bound={bound!r} is not one of {list(BOUNDS)}.")

@@ -32,7 +32,11 @@ def ref_factors(layer, bound: str, b: float):
     sides = [s for s in ("T", "V") if f"{s}_raw" in raw or f"{s}_skew" in raw]
     out = {"T": None, "V": None}
     for i, s in enumerate(sides):
-        if bound == "spectral":
+        if bound == "tanh":
+            c = np.sqrt(b ** (1 / len(sides)))
+            sig = np.linalg.svd(raw[f"{s}_raw"], compute_uv=False)[0]
+            f = raw[f"{s}_raw"] * c * np.tanh(sig / c) / sig
+        elif bound == "spectral":
             f = raw[f"{s}_raw"] / np.linalg.svd(raw[f"{s}_raw"], compute_uv=False)[0]
             if i == 0:
                 f = f * np.sqrt(b * sigmoid(raw["bound_logit"]))
@@ -104,10 +108,7 @@ def test_bounded_step_with_the_mtnet_mask(bound):
 @pytest.mark.parametrize(
     ("bound", "raw_scale"),
     [
-        ("spectral", 1e-3),
-        ("spectral", 1.0),
-        ("spectral", 1e3),
-        ("spectral", 1e6),
+        *((b, s) for b in ("tanh", "spectral") for s in (1e-3, 1.0, 1e3, 1e6)),
         ("spectrum", 1e-3),
         ("spectrum", 1.0),
     ],
@@ -116,7 +117,7 @@ def test_lambda_max_of_the_preconditioner_stays_below_the_bound(bound, raw_scale
     """λmax(VᵀV ⊗ TTᵀ) < b for random and adversarial raw parameters (huge, tiny, ill-conditioned, saturated).
 
     spectrum is tested up to skew entries ~1e4: beyond that matrix_exp's Q drifts from orthogonal (at 1e7, λmax
-    exceeded b by 2.5e-8 relative), one reason spectral is the recommended design."""
+    exceeded b by 2.5e-8 relative), one reason spectrum is not the recommended design."""
     gen = torch.Generator().manual_seed(int(raw_scale) % 97)
     for trial in range(5):
         layer = bounded_layer(bound, seed=trial)
@@ -171,11 +172,11 @@ def test_meta_gradient_reaches_the_raw_parameters(bound):
 
 @pytest.mark.parametrize("preset", ["mtuv", "tnet"])
 def test_bound_option_on_other_presets_backends_agree(preset):
-    """model.bound on a masked preset (spectrum) and a T-only preset (spectral): the four backends agree."""
+    """model.bound on a masked preset (spectrum) and a T-only preset (tanh): the four backends agree."""
     torch.manual_seed(0)
     p = get_preset(preset)
     model = bound_factors(
-        mlp([2, 6, 5, 3], p.use_T, p.use_V, p.use_mask).double(), "spectrum" if p.use_mask else "spectral", B
+        mlp([2, 6, 5, 3], p.use_T, p.use_V, p.use_mask).double(), "spectrum" if p.use_mask else "tanh", B
     )
     for m in model.modules():
         if isinstance(m, TUVLayer):
@@ -204,7 +205,7 @@ def test_bound_factors_refuses_bad_values():
         model[0].T.mul_(2)
     with pytest.raises(ValueError, match="not the identity"):
         bound_factors(model, "spectral", B)
-    assert PRESETS["tuv_bounded"].bound == "spectral" and PRESETS["tuv"].bound == "none"
+    assert PRESETS["tuv_bounded"].bound == "tanh" and PRESETS["tuv"].bound == "none"
 
 
 def test_train_config_bound_option(tmp_path):
@@ -222,7 +223,7 @@ def test_train_config_bound_option(tmp_path):
         assert all(m.bound == "spectrum" and m.max_eig == pytest.approx(50.0) and m.V is None for m in layers)
         cfg = compose("config", overrides=["model=tuv_bounded", "inner.lr=0.01"])
         _, _, learner = build_learner(cfg)
-        assert all(m.bound == "spectral" for m in learner.model.modules() if isinstance(m, TUVLayer))
+        assert all(m.bound == "tanh" for m in learner.model.modules() if isinstance(m, TUVLayer))
         for bad, match in (
             (["model=maml", "model.bound=spectral"], "needs a preset with T or V"),
             (["model=tuv_bounded", "model.max_step=0.01", "inner.lr=0.1"], "model.max_step"),

@@ -10,11 +10,11 @@ tnet:          W = T·U, U adapts:                     W' = W − α·TTᵀ·G  
 mtnet:         tnet + mask m on U's rows:             W' = W − α·T·(m ⊙ Tᵀ·G)         (Lee & Choi 2018)
 tuv:           W = T·U·V, U adapts:                   W' = W − α·TTᵀ·G·VᵀV            (the seed)
 mtuv:          tuv + mask m on U's rows:              W' = W − α·T·(m ⊙ Tᵀ·G·Vᵀ)·V
-tuv_bounded:   tuv with λmax(VᵀV ⊗ TTᵀ) < b by construction: W' = W − α·TTᵀ·G·VᵀV,
-               T = √ρ·T̃/‖T̃‖₂, V = Ṽ/‖Ṽ‖₂, ρ = b·σ(θ), b = model.max_step / α (metatuv/nn/bounded.py; issue 20)
+tuv_bounded:   tuv with λmax(VᵀV ⊗ TTᵀ) < b by construction: W' = W − α·TTᵀ·G·VᵀV, with the soft spectral
+               clip T = T̃·c·tanh(‖T̃‖₂/c)/‖T̃‖₂ (V alike), c = b^¼, b = model.max_step / α (metatuv/nn/bounded.py)
 kfo:           W = U, learned PSD Kronecker transform:  W' = W − α·(AᵀA)·G·(BᵀB)       (MetaKFO, Arnold+ 2021)
 
-Every preset with a learned T or V takes ``model.bound=spectral|spectrum`` (``none`` for tuv_bounded gives tuv).
+Every preset with a learned T or V takes ``model.bound=tanh|spectral|spectrum`` (``none`` for tuv_bounded gives tuv).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Preset:
     head_only: bool = False
     first_order: bool = False  # forces first order when true
     rule: str = ""
-    bound: str = "none"  # none | spectral | spectrum (metatuv.nn.bounded); needs use_T or use_V
+    bound: str = "none"  # none | tanh | spectral | spectrum (metatuv.nn.bounded); needs use_T or use_V
     kfo: bool = False  # MetaKFO: Δ = α·(AᵀA)·G·(BᵀB) on plain weights (metatuv.meta.rule)
 
 
@@ -54,8 +54,8 @@ PRESETS: dict[str, Preset] = {
             "tuv_bounded",
             use_T=True,
             use_V=True,
-            bound="spectral",
-            rule="W' = W - a*TT^T*G*V^TV, T = sqrt(rho)*T~/|T~|_2, V = V~/|V~|_2, rho = b*sigmoid(theta) < b",
+            bound="tanh",
+            rule="W' = W - a*TT^T*G*V^TV, T = T~*c*tanh(|T~|_2/c)/|T~|_2 (V alike), c = b^(1/4): lmax(P) < b",
         ),
         Preset("kfo", kfo=True, rule="W' = W - a*(A^TA)*G*(B^TB)"),
     )

@@ -1,18 +1,22 @@
 """Bounded learned metrics (issue 20): T and V built from raw parameters so that, for ANY raw values, the inner
 step's preconditioner P = VᵀV ⊗ TTᵀ (vec ΔW = −α P vec G, seed Eq. 2) has λmax(P) < b, a per-layer bound.
 
-Two designs (``bound=``); both start at T = V = I (so W = U, as the seed) and both keep W = T·U·V with only U
+Three designs (``bound=``); all start at T = V = I (so W = U, as the seed) and all keep W = T·U·V with only U
 adapting, so the inner step is still −α (VᵀV ⊗ TTᵀ) vec G, only with constrained factors:
 
+- ``tanh`` (recommended; preset tuv_bounded): a soft clip of each factor's spectral norm,
+  T = T̃·c·tanh(‖T̃‖₂/c)/‖T̃‖₂ with c = b_f^½, b_f = b^(1/#factors): every singular value of T̃ is scaled by the same
+  factor ≤ 1, so λmax(TTᵀ) = c²·tanh²(‖T̃‖₂/c) < b_f and λmax(P) < b. Far below the bound T ≈ T̃ (the seed's
+  dynamics); T̃ starts at atanh(1/c)·c·I so that T = I. Parameters: T_raw, V_raw.
 - ``spectral``: T = √ρ·T̃/‖T̃‖₂, V = Ṽ/‖Ṽ‖₂, ρ = b·σ(θ) — unit-spectral-norm factors and one learned scale per
   layer (on T; on V when the layer has no T): λmax(P) = ρ < b. Parameters: T_raw, V_raw, bound_logit θ.
 - ``spectrum``: T = Q_T·diag(s_T), V = diag(s_V)·Q_Vᵀ, Q = exp(A − Aᵀ) (orthogonal), s = √b_f·σ(r) with
   b_f = b^(1/#factors): TTᵀ = Q_T diag(s_T²) Q_Tᵀ, every eigenvalue in (0, b_f), so λmax(P) < b.
   Parameters: T_skew, T_logit, V_skew, V_logit.
 
-``spectral`` leaves P's shape free (any condition number) and bounds only its scale; ``spectrum`` bounds every
-eigenvalue of each factor separately. The spectral norm is exact (singular values), not a power-iteration estimate,
-so the bound holds at every step, not only after the estimate has converged.
+``tanh`` and ``spectral`` leave P's shape free (any condition number) and bound only its scale; ``spectrum`` bounds
+every eigenvalue of each factor separately. The spectral norm is exact (singular values), not a power-iteration
+estimate, so the bound holds at every step, not only after the estimate has converged.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from metatuv.nn.tuv import TUVConv2d, TUVLayer, TUVLinear
 
 __all__ = ["BOUNDS", "BoundedFactors", "BoundedTUVConv2d", "BoundedTUVLinear", "bound_factors"]
 
-BOUNDS = ("none", "spectral", "spectrum")
+BOUNDS = ("none", "tanh", "spectral", "spectrum")
 
 
 def _logit(p: float) -> float:
@@ -48,7 +52,9 @@ class BoundedFactors:
     @T.setter
     def T(self, value) -> None:
         if value is not None:
-            raise AttributeError("a bounded TUV layer's T is computed from T_raw / T_skew, T_logit; set those.")
+            raise AttributeError(
+                "a bounded TUV layer's T is computed from T_raw (bound_logit) / T_skew, T_logit; set those."
+            )
 
     @property
     def V(self) -> Tensor | None:  # type: ignore[override]
@@ -57,11 +63,18 @@ class BoundedFactors:
     @V.setter
     def V(self, value) -> None:
         if value is not None:
-            raise AttributeError("a bounded TUV layer's V is computed from V_raw / V_skew, V_logit; set those.")
+            raise AttributeError(
+                "a bounded TUV layer's V is computed from V_raw (bound_logit) / V_skew, V_logit; set those."
+            )
 
     def _factor(self, side: str) -> Tensor | None:
         if side not in self.__dict__.get("sides", ()):
             return None
+        if self.bound == "tanh":
+            raw = getattr(self, f"{side}_raw")
+            c = math.sqrt(self.max_eig ** (1 / len(self.sides)))
+            norm = torch.linalg.matrix_norm(raw, ord=2)
+            return raw * (c * torch.tanh(norm / c) / norm)
         if self.bound == "spectral":
             raw = getattr(self, f"{side}_raw")
             f = raw / torch.linalg.matrix_norm(raw, ord=2)
@@ -87,7 +100,10 @@ class BoundedFactors:
         dims = {"T": U.shape[0], "V": U.shape[1]}
         for side in sides:
             d = dims[side]
-            if bound == "spectral":
+            if bound == "tanh":
+                c = math.sqrt(self.max_eig ** (1 / len(sides)))
+                setattr(self, f"{side}_raw", nn.Parameter(c * math.atanh(1 / c) * torch.eye(d, **f)))
+            elif bound == "spectral":
                 setattr(self, f"{side}_raw", nn.Parameter(torch.eye(d, **f)))
             else:
                 setattr(self, f"{side}_skew", nn.Parameter(torch.zeros(d, d, **f)))

@@ -1,0 +1,94 @@
+"""Stability study (issue 20): diverged runs per cell and the largest effective step per layer at the end of training.
+
+    python experiments/stability/summarize.py     # reads runs/ and records.json, writes records.json and results.md
+
+A cell is (meta-steps, shots, α, preset, test steps); "diverged" counts the seeds whose 600-task mean is NaN/Inf
+(at least one test task blew up), "failed" the runs whose meta-training stopped (no results.json). The note of each
+record holds the run's last logged ``metric/<layer>/max_step`` = α·λmax(TTᵀ)·λmax(VᵀV) per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from records import sync  # noqa: E402
+
+PATH = re.compile(r"steps(\d+)/shots(\d+)/lr([0-9.]+)/([a-z_]+)/seed(\d+)")
+
+
+def last_max_steps(run: Path) -> str:
+    """'0:0.019 2:0.18 4:0.099' from the run's last metrics.jsonl line with max_step values; '' without any."""
+    found: dict[str, float] = {}
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        d = json.loads(line)
+        steps = {k.split("/")[1]: v for k, v in d.items() if k.endswith("/max_step")}
+        if steps:
+            found = steps
+    return " ".join(f"{k}:{v:.3g}" for k, v in sorted(found.items()))
+
+
+def fields(results: Path) -> dict:
+    m = PATH.search(str(results.parent))
+    if m is None:
+        raise ValueError(f"{results}: not under runs/steps*/shots*/lr*/<preset>/seed*/")
+    return {"shots": int(m[2]), "alpha": float(m[3]), "note": "max_step " + last_max_steps(results.parent)}
+
+
+def failed_runs() -> list[str]:
+    out = []
+    for d in sorted((HERE / "runs").glob("steps*/shots*/lr*/*/seed*")):
+        if d.is_dir() and not (d / "results.json").exists():
+            out.append(str(d.relative_to(HERE)))
+    return out
+
+
+def main() -> None:
+    records = sync(HERE, "steps*/shots*/lr*/*/seed*/results.json", fields)
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        cells[(r["meta_steps"], r["shots"], r["preset"], r["test_steps"], r["alpha"])].append(r)
+    alphas = sorted({r["alpha"] for r in records})
+    lines = ["# Stability: diverged runs per cell (sinusoid)", ""]
+    for (steps, shots), group in sorted({(k[0], k[1]): None for k in cells}.items()):
+        del group
+        lines += [f"## {shots}-shot, {steps} meta-steps", ""]
+        lines.append("| preset | test steps | " + " | ".join(f"α = {a:g}" for a in alphas) + " |")
+        lines.append("|---|---:|" + "---:|" * len(alphas))
+        presets = sorted({k[2] for k in cells if k[:2] == (steps, shots)})
+        for preset in presets:
+            for ts in sorted({k[3] for k in cells if k[:3] == (steps, shots, preset)}):
+                row = []
+                for a in alphas:
+                    rs = cells.get((steps, shots, preset, ts, a), [])
+                    bad = sum(1 for r in rs if not math.isfinite(r["mean"]))
+                    ok = [r["mean"] for r in rs if math.isfinite(r["mean"])]
+                    mean = f"{sum(ok) / len(ok):.3g}" if ok else "—"
+                    row.append(f"{mean} ({bad}/{len(rs)} diverged)" if rs else "")
+                lines.append(f"| {preset} | {ts} | " + " | ".join(row) + " |")
+        lines.append("")
+        lines += [
+            "Largest effective step α·λmax(TTᵀ)·λmax(VᵀV) per layer at the end of training (seed: layer:value):",
+            "",
+        ]
+        for r in sorted(records, key=lambda r: (r["preset"], r["alpha"], r["seed"])):
+            if (r["meta_steps"], r["shots"]) == (steps, shots) and r["test_steps"] == 10 and r.get("note", "").strip():
+                lines.append(f"- {r['preset']} α = {r['alpha']:g}, seed {r['seed']}: {r['note']}")
+        lines.append("")
+    failed = failed_runs()
+    if failed:
+        lines += ["Runs whose meta-training stopped (no results.json): " + ", ".join(failed), ""]
+    (HERE / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
