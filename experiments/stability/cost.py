@@ -1,5 +1,5 @@
 """What a bounded metric costs: seconds per meta-step (eager, func/vmap backend, 1 thread) of tuv against its bounded
-forms (model.bound=spectral, the tuv_bounded preset, and spectrum) and kfo, on the sinusoid MLP (meta-batch 4,
+forms (model.bound=tanh, the tuv_bounded preset; spectral; spectrum) and kfo, on the sinusoid MLP (meta-batch 4,
 1 inner step) and on the Omniglot conv4 (5-way 1-shot, meta-batch 4, 1 inner step, random images: the cost does not
 depend on the pixels). Variants are interleaved round by round, so load from other processes hits them alike;
 the median over rounds is reported.
@@ -21,7 +21,8 @@ from metatuv.nn import bound_factors, conv4, mlp
 
 VARIANTS = {
     "tuv": ("tuv", "none"),
-    "tuv_bounded": ("tuv", "spectral"),
+    "tuv_bounded (tanh)": ("tuv", "tanh"),
+    "tuv+spectral": ("tuv", "spectral"),
     "tuv+spectrum": ("tuv", "spectrum"),
     "kfo": ("kfo", "none"),
 }
@@ -67,7 +68,7 @@ def main() -> None:
         med = {name: statistics.median(v) for name, v in times.items()}
         out[arch] = {name: {"ms_per_meta_step": 1e3 * m, "vs_tuv": m / med["tuv"]} for name, m in med.items()}
         for name, m in med.items():
-            print(f"{arch:14s} {name:14s} {1e3 * m:8.2f} ms/meta-step  ×{m / med['tuv']:.2f} of tuv")
+            print(f"{arch:14s} {name:20s} {1e3 * m:8.2f} ms/meta-step  ×{m / med['tuv']:.2f} of tuv")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"torch": torch.__version__, "threads": 1, "rounds": a.rounds, **out}, f, indent=1)

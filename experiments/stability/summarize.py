@@ -19,9 +19,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from omegaconf import OmegaConf  # noqa: E402
 from records import sync  # noqa: E402
 
-PATH = re.compile(r"steps(\d+)/shots(\d+)/lr([0-9.]+)/([a-z_]+)/seed(\d+)")
+from metatuv.meta.presets import PRESETS  # noqa: E402
+
+PATH = re.compile(r"steps(\d+)/shots(\d+)/lr([0-9.]+)/([a-z_]+)/maxstep([0-9.]+)/seed(\d+)")
 
 
 def last_max_steps(run: Path) -> str:
@@ -39,23 +42,35 @@ def last_max_steps(run: Path) -> str:
 def fields(results: Path) -> dict:
     m = PATH.search(str(results.parent))
     if m is None:
-        raise ValueError(f"{results}: not under runs/steps*/shots*/lr*/<preset>/seed*/")
-    return {"shots": int(m[2]), "alpha": float(m[3]), "note": "max_step " + last_max_steps(results.parent)}
+        raise ValueError(f"{results}: not under runs/steps*/shots*/lr*/<preset>/maxstep*/seed*/")
+    cfg = OmegaConf.load(results.parent / ".hydra" / "config.yaml")
+    bounded = (cfg.model.get("bound") or PRESETS[cfg.model.name].bound) != "none"
+    return {
+        "shots": int(m[2]),
+        "alpha": float(m[3]),
+        "max_step_bound": float(m[5]) if bounded else None,  # model.max_step; None: no bound
+        "note": "max_step " + last_max_steps(results.parent),
+    }
+
+
+def label(r: dict) -> str:
+    """The preset, with its bound on the effective step when it has one: 'tuv_bounded (max_step 1)'."""
+    return r["preset"] + (f" (max_step {r['max_step_bound']:g})" if r.get("max_step_bound") is not None else "")
 
 
 def failed_runs() -> list[str]:
     out = []
-    for d in sorted((HERE / "runs").glob("steps*/shots*/lr*/*/seed*")):
+    for d in sorted((HERE / "runs").glob("steps*/shots*/lr*/*/maxstep*/seed*")):
         if d.is_dir() and not (d / "results.json").exists():
             out.append(str(d.relative_to(HERE)))
     return out
 
 
 def main() -> None:
-    records = sync(HERE, "steps*/shots*/lr*/*/seed*/results.json", fields)
+    records = sync(HERE, "steps*/shots*/lr*/*/maxstep*/seed*/results.json", fields)
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        cells[(r["meta_steps"], r["shots"], r["preset"], r["test_steps"], r["alpha"])].append(r)
+        cells[(r["meta_steps"], r["shots"], label(r), r["test_steps"], r["alpha"])].append(r)
     alphas = sorted({r["alpha"] for r in records})
     lines = ["# Stability: diverged runs per cell (sinusoid)", ""]
     for (steps, shots), group in sorted({(k[0], k[1]): None for k in cells}.items()):
@@ -79,9 +94,9 @@ def main() -> None:
             "Largest effective step α·λmax(TTᵀ)·λmax(VᵀV) per layer at the end of training (seed: layer:value):",
             "",
         ]
-        for r in sorted(records, key=lambda r: (r["preset"], r["alpha"], r["seed"])):
+        for r in sorted(records, key=lambda r: (label(r), r["alpha"], r["seed"])):
             if (r["meta_steps"], r["shots"]) == (steps, shots) and r["test_steps"] == 10 and r.get("note", "").strip():
-                lines.append(f"- {r['preset']} α = {r['alpha']:g}, seed {r['seed']}: {r['note']}")
+                lines.append(f"- {label(r)} α = {r['alpha']:g}, seed {r['seed']}: {r['note']}")
         lines.append("")
     failed = failed_runs()
     if failed:
