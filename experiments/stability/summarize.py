@@ -4,7 +4,8 @@
 
 A cell is (meta-steps, shots, α, preset, test steps); "diverged" counts the seeds whose 600-task mean is NaN/Inf
 (at least one test task blew up), "failed" the runs whose meta-training stopped (no results.json). The note of each
-record holds the run's last logged ``metric/<layer>/max_step`` = α·λmax(TTᵀ)·λmax(VᵀV) per layer.
+record holds the run's last logged ``metric/<layer>/max_step`` = α·λmax(TTᵀ)·λmax(VᵀV) per layer
+(kfo: α·λmax(AᵀA)·λmax(BᵀB) from the final checkpoint).
 """
 
 from __future__ import annotations
@@ -39,6 +40,22 @@ def last_max_steps(run: Path) -> str:
     return " ".join(f"{k}:{v:.3g}" for k, v in sorted(found.items()))
 
 
+def kfo_max_steps(run: Path) -> str:
+    """kfo's largest effective step per layer, α·λmax(AᵀA)·λmax(BᵀB), from the run's final checkpoint."""
+    import torch
+
+    from metatuv.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(run / "checkpoint.pt")
+    lr, w = float(state["config"]["inner"]["lr"]), state["learner"]
+    out = []
+    for k in sorted(k for k in w if k.startswith("rule.kfo.") and k.endswith("_l")):
+        A, B = w[k].double(), w[k[:-2] + "_r"].double()
+        lam = torch.linalg.eigvalsh(A.T @ A)[-1] * torch.linalg.eigvalsh(B.T @ B)[-1]
+        out.append(f"{k[len('rule.kfo.') :].split('__')[0]}:{lr * lam.item():.3g}")
+    return " ".join(out)
+
+
 def fields(results: Path) -> dict:
     m = PATH.search(str(results.parent))
     if m is None:
@@ -49,7 +66,7 @@ def fields(results: Path) -> dict:
         "shots": int(m[2]),
         "alpha": float(m[3]),
         "max_step_bound": float(m[5]) if bounded else None,  # model.max_step; None: no bound
-        "note": "max_step " + last_max_steps(results.parent),
+        "note": "max_step " + (last_max_steps(results.parent) or kfo_max_steps(results.parent)),
     }
 
 
@@ -91,7 +108,8 @@ def main() -> None:
                 lines.append(f"| {preset} | {ts} | " + " | ".join(row) + " |")
         lines.append("")
         lines += [
-            "Largest effective step α·λmax(TTᵀ)·λmax(VᵀV) per layer at the end of training (seed: layer:value):",
+            "Largest effective step per layer at the end of training, α·λmax(TTᵀ)·λmax(VᵀV) "
+            "(kfo: α·λmax(AᵀA)·λmax(BᵀB)):",
             "",
         ]
         for r in sorted(records, key=lambda r: (label(r), r["alpha"], r["seed"])):
