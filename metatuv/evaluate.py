@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from metatuv.checkpoint import load_checkpoint
+from metatuv.checkpoint import load_checkpoint, previous
 from metatuv.data import IMAGE_BENCHMARKS, preprocessor, read_episodes
 from metatuv.files import RunFileError, write_json
 from metatuv.meta import accuracy as metric_accuracy
@@ -84,9 +84,9 @@ def _load(path: Path) -> tuple[dict, Path]:
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
-    if not path.is_file():
+    if not path.is_file() and not previous(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a metatuv-train output folder or its {CHECKPOINT}.")
-    return load_checkpoint(path)
+    return load_checkpoint(path)  # weights_only: a file that is not plain data is refused, never run
 
 
 def evaluate_episodes(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -101,12 +103,37 @@ class RunLogger:
         if self.use_wandb and self.worker is not None:
             self.worker.submit(call)
 
+    def rewind(self, step: int | None) -> None:
+        """A resumed run continues the log: keep the rows up to meta-step ``step`` (the checkpoint's; a row logged
+        at a step counts the steps done), drop later ones and old summaries; ``None`` (a fresh start): drop all."""
+        if self.worker is None:
+            return
+        with self.lock:
+            self.file.close()
+            kept = []
+            for line in self.path.read_text().splitlines(keepends=True) if step is not None else []:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a row cut off by a kill
+                    continue
+                if isinstance(row, dict) and not row.get("summary") and isinstance(row.get("step"), int):
+                    if row["step"] <= step and set(row) - {"step", "time"}:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
+            self.file = open(self.path, "a")
+
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if not metrics:  # no row holding only a step (e.g. MAML has no learned metrics)
+            return
         self._write({"step": step, "time": round(time.perf_counter() - self.start, 3), **metrics})
         values = dict(metrics)  # the caller may reuse its dict; the worker logs it later
         self._wandb(lambda run: run.log(values, step=step))
 
     def histograms(self, arrays: dict[str, Any], step: int) -> None:
+        if not arrays:
+            return
         self._write({"step": step, **{f"hist/{k}": v for k, v in arrays.items()}})
 
         def call(run: Any) -> None:
@@ -123,6 +150,8 @@ class RunLogger:
 
         def call(run: Any) -> None:
             paths = render()
+            if not paths:  # nothing to picture (no T or V): no row holding only a step
+                return
             self._write({"step": step, **{f"image/{k}": str(p) for k, p in paths.items()}})
             if run is not None:
                 import wandb
@@ -172,11 +201,13 @@ def make_logger(
     entity: str | None = None,
     tags: list[str] | None = None,
     system_stats: bool = False,
+    run_id: str | None = None,
 ) -> RunLogger:
     """``kind="none"``: JSONL only. ``kind="wandb"``: also ``wandb.init`` with the resolved ``config``, its files
     under ``<out_dir>/wandb`` (``mode="offline"`` needs no account or network; upload later with ``wandb sync``).
     ``system_stats=False`` skips wandb's CPU/GPU sampling and git/metadata probes (init ~1 s faster, finish ~3 s).
-    ``wandb.init`` runs on the logger's own thread; only ``mode="online"`` waits for it (a login error at start)."""
+    ``wandb.init`` runs on the logger's own thread; only ``mode="online"`` waits for it (a login error at start).
+    ``run_id``: the wandb run's id, resumed (``resume="allow"``) if it exists (see ``wandb_run_id``)."""
     if kind not in LOGGERS:
         raise ValueError(f"unknown logger {kind!r}; choose one of {list(LOGGERS)} (logger=...).")
     if kind == "none":
@@ -196,6 +227,8 @@ def make_logger(
             group=group,
             name=name,
             tags=tags,
+            id=run_id,
+            resume="allow" if run_id is not None else None,
             reinit="finish_previous",
             settings=wandb.Settings(
                 silent=True,
@@ -208,3 +241,21 @@ def make_logger(
         )
 
     return RunLogger(out_dir, init, wait=mode == "online")
+
+
+RUN_ID_FILE = "wandb-run-id"
+
+
+def wandb_run_id(out_dir: Path, resume: bool) -> str:
+    """The wandb run id of the training run in ``out_dir``: the stored one when ``resume`` (a resumed run logs
+    into the same wandb run), else a new one, stored in ``<out_dir>/wandb-run-id``."""
+    path = Path(out_dir) / RUN_ID_FILE
+    if resume and path.is_file():
+        stored = path.read_text().strip()
+        if stored.isalnum():
+            return stored
+    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], like wandb's own ids
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
+    return run_id

@@ -68,6 +68,7 @@ class ModelConfig:
     bound: str | None = None
     # the bound on every layer's largest effective step α·λmax(VᵀV ⊗ TTᵀ) (λmax(P) < max_step / inner.lr)
     max_step: float = 1.0
+    bias_inside_T: bool = False  # true: y = T(U·V·x + b) as in Lee & Choi's code; false: y = T·U·V·x + b (README)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import random
+import os
 import signal
 import sys
 import threading
@@ -19,19 +19,27 @@ from functools import partial
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from metatuv.checkpoint import load_checkpoint, save_checkpoint
+from metatuv.checkpoint import (
+    NonFiniteCheckpoint,
+    damaged,
+    first_nonfinite,
+    load_checkpoint,
+    previous,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, image_shape, load_splits
 from metatuv.files import RunFileError, save_torch, write_json
 from metatuv.inner import BACKENDS, VECTORIZE
 from metatuv.inner.backends import Batch
-from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger
+from metatuv.loggers import LOGGERS, NullLogger, RunLogger, make_logger, wandb_run_id
 from metatuv.meta import (
     MetaLearner,
     accuracy,
@@ -50,6 +58,7 @@ from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.metric.plots import save_factor_figures
 from metatuv.metric.summary import factor_spectra, learned_metrics
 from metatuv.nn import BOUNDS, bound_factors, conv4, mlp
+from metatuv.runlock import run_folder_lock
 from metatuv.schema import register, unknown_keys
 
 register()  # the typed schema conf/config.yaml starts from
@@ -84,12 +93,15 @@ def build(
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
+    inside = {"bias_inside_T": bool(cfg.model.get("bias_inside_T", False))}  # absent from runs written before it
+    if inside["bias_inside_T"] and not preset.use_T:
+        raise ValueError(f"model.bias_inside_T=true needs a preset with T (tnet, mtnet, tuv, mtuv), not {preset.name}.")
     if b.name in REGRESSION:
         if b.name == "sinusoid":
             bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
         else:
             bench = Polynomial(b.order, b.shots, b.queries, tuple(b.x_range))
-        model = bound_model(cfg, preset, mlp(list(b.arch.sizes), *flags))
+        model = bound_model(cfg, preset, mlp(list(b.arch.sizes), *flags, **inside))
         return Setup(
             model,
             mse,
@@ -118,7 +130,7 @@ def build(
         c, h, _ = fs.image_shape
     else:
         c, h, _ = image_shape(b.name, b.image_size)  # what load_splits yields (it refuses any other size)
-    model = bound_model(cfg, preset, conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags))
+    model = bound_model(cfg, preset, conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags, **inside))
     if not load_data:
         return Setup(model, cross_entropy, accuracy, "accuracy", None, None, None)  # type: ignore[arg-type]
     return Setup(
@@ -286,14 +298,22 @@ def build_learner(
     return setup, preset, learner
 
 
+# The resume identity is every config key except these: they do not change what meta-training computes, so they
+# may change between a run and its resumption (README, "Checkpoints and resume"). Paths: where the same data live
+# (a moved data root or cache); logging and checkpoint cadence, progress bars; the meta-test settings (evaluated
+# after training); outer.steps (train on for longer); inner.compile (the same meta-gradients).
 RESUME_IGNORES = (
+    "paths",
     "progress",
     "checkpoint",
     "eval",
     "logger",
     "outer.steps",
     "inner.compile",
-)  # may change between a run and its resumption
+)
+
+
+ADDED_KEYS = {"model.bias_inside_T": False}  # keys added after runs were written: their value when absent
 
 
 def _run_config(cfg: DictConfig) -> dict:
@@ -312,7 +332,7 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
 
     old, new = flat(saved), flat(_run_config(cfg))
     for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
+        if old.get(key, ADDED_KEYS.get(key)) != new.get(key):
             raise ValueError(
                 f"{path} was written by a run with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
                 "resume with the same config, or start a new folder (hydra.run.dir=...) or checkpoint.resume=false."
@@ -353,11 +373,13 @@ def ctrl_c_finishes_the_step(flag: list[int], enabled: bool = True):
         signal.signal(signal.SIGINT, old)
 
 
-def open_logger(cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None) -> RunLogger:
+def open_logger(
+    cfg: DictConfig, out_dir: Path, group: str | None = None, name: str | None = None, run_id: str | None = None
+) -> RunLogger:
     lg = cfg.logger
     config = _run_config(cfg)
     return make_logger(
-        lg.name, out_dir, config, lg.project, lg.mode, group, name, lg.entity, list(lg.tags), lg.system_stats
+        lg.name, out_dir, config, lg.project, lg.mode, group, name, lg.entity, list(lg.tags), lg.system_stats, run_id
     )
 
 
@@ -411,13 +433,17 @@ def run(
         shared = [str(out_dir)]
         dist.broadcast_object_list(shared, src=0)
         out_dir = Path(shared[0])
-    logger = open_logger(cfg, out_dir, group, name) if rank == 0 else NullLogger()
-    try:
-        results = _run(cfg, out_dir, logger, (rank, size), overrides)
-    except BaseException:
-        logger.finish(ok=False)
-        raise
-    logger.finish(ok=True)
+    with run_folder_lock(out_dir, enabled=rank == 0):  # one writer per run folder, for the run's life
+        path = out_dir / CHECKPOINT
+        resuming = cfg.checkpoint.resume and (path.exists() or previous(path).exists())
+        run_id = wandb_run_id(out_dir, resuming) if rank == 0 and cfg.logger.name == "wandb" else None
+        logger = open_logger(cfg, out_dir, group, name, run_id) if rank == 0 else NullLogger()
+        try:
+            results = _run(cfg, out_dir, logger, (rank, size), overrides)
+        except BaseException:
+            logger.finish(ok=False)
+            raise
+        logger.finish(ok=True)
     return results
 
 
@@ -443,8 +469,8 @@ def _run(
     streams = {"train": setup.train, "observe": setup.observe}
 
     path, start, history, train_s = out_dir / CHECKPOINT, 0, [], 0.0
-    if cfg.checkpoint.resume and path.exists():
-        state, used = load_checkpoint(path, cfg.device)
+    if cfg.checkpoint.resume and (path.exists() or previous(path).exists()):
+        state, used = load_checkpoint(path, cfg.device)  # falls back on checkpoint.prev.pt, saying so
         _check_same_run(state["config"], cfg, used)
         start, history, train_s = state["step"], state["history"], state["train_seconds"]
         if start > cfg.outer.steps:
@@ -456,12 +482,16 @@ def _run(
             stream.load_state_dict({"generator": state["streams"][key]["generator"].cpu()})
         if tracker is not None:
             tracker.load_state_dict(state["statistics"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        print(f"resuming from {path} at meta-step {start}/{cfg.outer.steps}", flush=True)
-    elif cfg.logger.every > 0:
-        logger.log(learned_metrics(setup.model, i.lr), 0)  # the starting metric (identity unless estimated)
+        set_rng_state(state["rng"])
+        if used != path and path.exists() and rank == 0:  # the next save must not rotate it over the good copy
+            os.replace(path, damaged(path))
+            print(f"moved the damaged {path.name} aside to {damaged(path)}", flush=True)
+        logger.rewind(start)  # metrics.jsonl continues from the checkpoint's step
+        print(f"resuming from {used} at meta-step {start}/{cfg.outer.steps}", flush=True)
+    else:
+        logger.rewind(None)  # a fresh start in a used folder: no rows of the earlier run
+        if cfg.logger.every > 0:
+            logger.log(learned_metrics(setup.model, i.lr), 0)  # the starting metric (identity unless estimated)
 
     begin = time.perf_counter()
 
@@ -479,9 +509,15 @@ def _run(
             "inner_generator": generator.get_state(),
             "streams": {key: stream.state_dict() for key, stream in streams.items()},
             "statistics": tracker.state_dict() if tracker is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),  # tensors and plain values: the checkpoint loads with weights_only=True
             "config": _run_config(cfg),
         }
+        bad = first_nonfinite({"learner": state["learner"], "optimizer": state["optimizer"]})
+        if bad is not None:  # every rank stops (their states are equal)
+            raise NonFiniteCheckpoint(
+                f"{bad} is NaN/Inf after meta-step {done}; stopped without writing a checkpoint (the last good "
+                f"{path.name} is kept). Set outer.clip (e.g. outer.clip=10) or lower outer.lr."
+            )
         if rank == 0:
             try:
                 save_checkpoint(path, state)

@@ -1,5 +1,7 @@
 """Checkpoints: atomic, resumable bit-identically (also after SIGKILL), evaluated by metatuv-eval; typed schema."""
 
+import hashlib
+import io
 import json
 import os
 import signal
@@ -13,7 +15,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from metatuv.checkpoint import CheckpointError, load_checkpoint, previous, save_checkpoint
+from metatuv.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpoint,
+    damaged,
+    load_checkpoint,
+    previous,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from metatuv.checkpoint import main as ckpt_main
 from metatuv.evaluate import evaluate_checkpoint
 from metatuv.evaluate import main as eval_main
 from metatuv.train import CHECKPOINT, CONF_DIR, run
@@ -27,7 +39,7 @@ def cfg(steps, *overrides):
 
 
 def same_params(a: Path, b: Path) -> bool:
-    sa, sb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    sa, sb = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -164,3 +176,177 @@ def test_resume_from_a_corrupted_checkpoint_falls_back(tmp_path):
     a = run(cfg(12, "checkpoint.every=4"), whole)
     b = run(cfg(12, "checkpoint.every=4"), tmp_path)  # resumes from step 4
     assert a["test"] == b["test"] and same_params(whole, tmp_path)
+
+
+# ---- plain data only: weights_only=True, crafted and old-format files refused without running them ----
+
+
+class Runs:
+    """An object whose unpickling runs a shell command (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_checkpoint(path: Path, state, fmt: int) -> None:
+    """A file with a valid-looking metatuv header and sha256 around a full pickle of ``state``."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    path.write_bytes(f"metatuv-checkpoint {fmt} sha256={digest} bytes={len(payload)}\n".encode() + payload)
+
+
+def test_checkpoint_and_model_load_with_weights_only(tmp_path):
+    run(cfg(3, "model=mtuv", "metric=statistics", "metric.every=2"), tmp_path)
+    payload = (tmp_path / CHECKPOINT).read_bytes().partition(b"\n")[2]
+    state = torch.load(io.BytesIO(payload), weights_only=True)  # raises on anything but plain data
+    assert state["step"] == 3 and isinstance(state["config"], dict) and state["config"]["model"]["name"] == "mtuv"
+    assert isinstance(state["rng"]["numpy"]["keys"], torch.Tensor) and state["statistics"]["A"]
+    assert torch.load(tmp_path / "model.pt", weights_only=True).keys() == state["learner"].keys()
+    assert (tmp_path / CHECKPOINT).read_bytes().startswith(b"metatuv-checkpoint 2 ")
+
+
+def test_rng_states_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random(), np.random.randn())
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2:] == b[2:]
+
+
+def crafted(tmp_path: Path, marker: Path, fmt: int = 2) -> Path:
+    """A run folder whose checkpoint.pt (valid header, matching sha256) runs `touch marker` when unpickled."""
+    run(cfg(2), tmp_path)
+    state, _ = load_checkpoint(tmp_path / CHECKPOINT)
+    state["learner"] = {"weight": Runs(marker)}
+    write_checkpoint(tmp_path / CHECKPOINT, state, fmt)
+    return tmp_path / CHECKPOINT
+
+
+def test_crafted_checkpoint_is_refused_in_process(tmp_path):
+    marker = tmp_path / "ran"
+    path = crafted(tmp_path, marker)
+    with pytest.raises(UnsafeCheckpoint, match=r"refused without being unpickled.*\n?") as err:
+        load_checkpoint(path)  # no fallback on checkpoint.prev.pt either: the file is not damaged, it is foreign
+    assert "posix.system" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UnsafeCheckpoint):
+        run(cfg(4), tmp_path)
+    with pytest.raises(SystemExit, match="refused without being unpickled"):
+        eval_main([str(tmp_path), "--tasks", "5", "--allow-few", "--no-progress"])
+    assert not marker.exists()
+    torch.load(io.BytesIO(path.read_bytes().partition(b"\n")[2]), weights_only=False)  # the control: it does run
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("entry", ["metatuv-eval", "metatuv-train"])
+def test_crafted_checkpoint_never_runs_from_the_command_line(tmp_path, entry):
+    """`metatuv-eval DIR` and a resuming `metatuv-train` refuse a crafted checkpoint with one line; no side effect."""
+    marker = tmp_path / "ran"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    crafted(folder, marker)
+    if entry == "metatuv-eval":
+        cmd = [str(BIN / entry), str(folder), "--tasks", "5", "--allow-few", "--no-progress"]
+    else:
+        cmd = [str(BIN / entry), "outer.steps=4", "logger=none", "progress=false", f"hydra.run.dir={folder}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert "refused without being unpickled" in last and "posix.system" in last, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not marker.exists()
+
+
+def test_old_format_checkpoint_is_refused_then_upgraded_when_trusted(tmp_path, capsys):
+    """A format-1 checkpoint (full pickle) is refused without unpickling; `--upgrade-trusted` converts one you
+    wrote, and the run then resumes exactly."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    run(cfg(6, "checkpoint.every=4"), whole)
+    run(cfg(4, "checkpoint.every=4"), parts)
+    path = parts / CHECKPOINT
+    state, _ = load_checkpoint(path)
+    n, p = state["rng"]["numpy"], state["rng"]["python"]  # as format 1 stored them: numpy / python tuples
+    state["rng"]["numpy"] = (n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], 0.0)
+    state["rng"]["python"] = (p["version"], tuple(p["internal"].tolist()), p["gauss"])
+    write_checkpoint(path, state, fmt=1)
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    write_checkpoint(evil, {"step": 1, "x": Runs(marker)}, fmt=1)
+    with pytest.raises(UnsafeCheckpoint, match="old-format metatuv checkpoint.*--upgrade-trusted"):
+        load_checkpoint(evil)
+    with pytest.raises(ValueError, match=r"old-format metatuv checkpoint \(format 1"):
+        run(cfg(6, "checkpoint.every=4"), parts)
+    assert not marker.exists()
+    ckpt_main(["--upgrade-trusted", str(path)])
+    assert "upgraded to checkpoint format 2" in capsys.readouterr().out
+    run(cfg(6, "checkpoint.every=4"), parts)
+    assert same_params(whole, parts)
+
+
+# ---- fallback keeps the good copy ----
+
+
+def test_a_damaged_checkpoint_is_never_rotated_over_the_good_previous_one(tmp_path):
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, {"step": 1})
+    save_checkpoint(path, {"step": 2})
+    path.write_bytes(path.read_bytes()[:-3])  # damaged
+    save_checkpoint(path, {"step": 3})
+    assert load_checkpoint(path)[0]["step"] == 3
+    assert load_checkpoint(previous(path))[0]["step"] == 1  # the damaged step-2 file did not become .prev
+
+
+def test_resume_after_fallback_keeps_the_good_copy_and_names_it(tmp_path, capsys):
+    run(cfg(8, "checkpoint.every=4"), tmp_path)  # checkpoint.pt at step 8, checkpoint.prev.pt at step 4
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:-100])
+    capsys.readouterr()
+    run(cfg(8, "checkpoint.every=4"), tmp_path)  # resumes from step 4, then saves at step 8
+    out = capsys.readouterr().out
+    assert f"resuming from {previous(path)} at meta-step 4/8" in out and "truncated" in out
+    assert f"moved the damaged {CHECKPOINT} aside to {damaged(path)}" in out
+    assert damaged(path).exists()
+    assert load_checkpoint(path)[0]["step"] == 8
+    assert load_checkpoint(previous(path))[0]["step"] == 4  # still the good copy (not the damaged file)
+
+
+def test_missing_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    a = run(cfg(12, "checkpoint.every=4"), whole)
+    run(cfg(8, "checkpoint.every=4"), tmp_path)
+    (tmp_path / CHECKPOINT).unlink()
+    e = evaluate_checkpoint(tmp_path, tasks=5, progress=False)  # metatuv-eval uses it too, and says so
+    assert e["meta_step"] == 4 and e["checkpoint"] == str(previous(tmp_path / CHECKPOINT))
+    assert "is missing; using the previous checkpoint" in capsys.readouterr().out
+    b = run(cfg(12, "checkpoint.every=4"), tmp_path)
+    out = capsys.readouterr().out
+    assert f"{tmp_path / CHECKPOINT} is missing; using the previous checkpoint" in out
+    assert f"resuming from {previous(tmp_path / CHECKPOINT)} at meta-step 4/12" in out
+    assert a["test"] == b["test"] and same_params(whole, tmp_path)
+
+
+# ---- the resume identity: keys that change results, not paths or logging ----
+
+
+def test_resume_with_a_moved_data_root_and_other_logging(tmp_path, capsys):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    a = run(cfg(8, "checkpoint.every=4"), whole)
+    run(cfg(4, "paths.data_root=/old/data", "paths.cache_dir=/old/cache"), tmp_path)
+    capsys.readouterr()
+    moved = ("paths.data_root=/new/data", "paths.cache_dir=/new/cache", "logger.every=1", "checkpoint.every=2")
+    b = run(cfg(8, *moved, "progress=true"), tmp_path)
+    assert "resuming from" in capsys.readouterr().out
+    assert a["test"] == b["test"] and same_params(whole, tmp_path)
+    with pytest.raises(ValueError, match=r"outer.meta_batch=4.*outer.meta_batch=8"):  # this one changes results
+        run(cfg(10, "outer.meta_batch=8"), tmp_path)

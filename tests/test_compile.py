@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_backends import build, meta_grads
 
-from metatuv.meta import MetaLearner, meta_train, mse
+from metatuv.meta import PRESETS, MetaLearner, get_preset, meta_train, mse
 from metatuv.nn import mlp
 
 pytestmark = pytest.mark.slow
@@ -98,3 +98,31 @@ def test_compiled_training_equals_eager():
 def test_compile_needs_func_backend():
     with pytest.raises(ValueError, match="compile=True needs backend='func'"):
         MetaLearner(mlp([1, 4, 1]), mse, 0.01, 1, backend="higher", compile=True)
+
+
+def test_every_learner_stays_compiled():
+    """Compiled meta-gradients are cached per learner: past dynamo's recompile limit (8 distinct models through one
+    shared function) every new learner still compiles its own graph instead of falling back to eager, as a multirun
+    over the presets does (dynamo's frame counters: a fallback counts a frame that did not compile ok)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    g = torch.Generator().manual_seed(0)
+    batch = tuple(torch.randn(2, 3, 1, generator=g, dtype=torch.float64) for _ in range(4))
+    presets = sorted(PRESETS)  # ten distinct learners (parameters, rules, first order, head only)
+    assert len(presets) > torch._dynamo.config.recompile_limit
+    learners = []
+    for name in presets:
+        p = get_preset(name)
+        torch.manual_seed(0)
+        model = mlp((1, 3, 1), use_T=p.use_T, use_V=p.use_V, use_mask=p.use_mask).double()
+        learner = MetaLearner.from_preset(model, p, mse, 0.1, 1, compile=True)
+        ok_before = counters["frames"]["ok"]
+        learner.backward(batch, torch.Generator().manual_seed(1))
+        assert counters["frames"]["ok"] > ok_before, f"{name} ran eagerly: {dict(counters['frames'])}"
+        learners.append(learner)  # kept alive: a freed model's guards would let dynamo reuse its cache entry
+    assert counters["frames"]["total"] == counters["frames"]["ok"], dict(counters["frames"])
+    # the first learner's compiled graph is still its own: a second step compiles nothing new
+    ok = counters["frames"]["ok"]
+    learners[0].backward(batch, torch.Generator().manual_seed(2))
+    assert counters["frames"]["ok"] == ok and counters["frames"]["total"] == ok

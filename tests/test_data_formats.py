@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 import pickle
 import zipfile
 
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from metatuv.data import ClassImages, EpisodeSampler, FewShot, Polynomial, load_splits, taskset_batches
-from metatuv.data.imagenet_like import l2l_splits, mini_imagenet_splits
+from metatuv.data.imagenet_like import l2l_splits, load_restricted_pickle, mini_imagenet_splits
 from metatuv.inner.backends import _import_learn2learn
 
 SPLITS = ("train", "val", "test")
@@ -336,3 +337,47 @@ def test_damaged_omniglot_zip_names_the_file(tmp_path):
     archive.write_bytes(raw[: len(raw) // 2])  # truncated
     with pytest.raises(ValueError, match=rf"^{archive} is damaged \(File is not a zip file\); download it again"):
         load_splits("omniglot", tmp_path, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_restricted_unpickler_reads_plain_data(tmp_path, protocol):
+    blob = {"image_data": np.arange(24, dtype=np.uint8).reshape(2, 3, 4), "class_dict": {"a": [0], "b": [np.int64(1)]}}
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps(blob, protocol=protocol))
+    got = load_restricted_pickle(path)
+    assert (got["image_data"] == blob["image_data"]).all() and got["class_dict"] == {"a": [0], "b": [1]}
+
+
+class _Runs:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_mini_imagenet_pickle_is_refused_and_never_run(tmp_path):
+    root = tmp_path / "mini-imagenet"
+    root.mkdir()
+    marker = tmp_path / "ran"
+    data = np.zeros((2, 84, 84, 3), dtype=np.uint8)
+    for mode in ("train", "validation", "test"):
+        with (root / f"mini-imagenet-cache-{mode}.pkl").open("wb") as f:
+            pickle.dump({"image_data": data, "class_dict": {"a": [0], "b": [1]}, "x": _Runs(marker)}, f)
+    with pytest.raises(ValueError, match=r"refused, not a plain-data pickle \(refused global posix.system") as err:
+        mini_imagenet_splits(root, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value) and not marker.exists()
+    with (root / "mini-imagenet-cache-train.pkl").open("rb") as f:
+        pickle.load(f)  # the control: plain pickle does run it
+    assert marker.exists()
+
+
+def test_learn2learn_pickles_pass_the_restricted_unpickler_first(tmp_path):
+    """FC100 is read by learn2learn with plain pickle: a crafted file is refused before learn2learn sees it."""
+    marker = tmp_path / "ran"
+    for split in SPLITS:
+        with (tmp_path / f"FC100_{split}.pickle").open("wb") as f:
+            pickle.dump({"data": np.zeros((4, 32, 32, 3), dtype=np.uint8), "labels": _Runs(marker)}, f)
+    with pytest.raises(ValueError, match=r"FC100_train.pickle: refused, not a plain-data pickle"):
+        l2l_splits("fc100", tmp_path, cache_dir=tmp_path / "cache")
+    assert not marker.exists()

@@ -4,6 +4,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from metatuv.checkpoint import load_checkpoint
+from metatuv.checkpoint import NonFiniteCheckpoint, first_nonfinite, load_checkpoint
 from metatuv.files import RunFileError
 from metatuv.meta import NonFiniteLoss
 from metatuv.train import CHECKPOINT, CONF_DIR, DIVERGED_EXIT, run
@@ -247,3 +248,61 @@ def test_disk_full_names_the_file_and_leaves_no_partial_file(tmp_path, monkeypat
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "history.json" not in names and "results.json" not in names  # no 0-byte file, no results without it
     assert not [n for n in names if ".tmp" in n]  # the temp file is gone too
+
+
+def test_nonfinite_parameters_are_never_checkpointed(tmp_path):
+    """The issue's repro: without clipping, outer.lr=0.05 blows the parameters up while the loss is still finite.
+    The update that does it is named, the checkpoint before it is kept (finite), and a rerun stops at that same
+    step again (not at once on a NaN checkpoint)."""
+    args = ("outer.clip=null", "checkpoint.every=1", "outer.lr=0.05", "outer.steps=400")
+    with pytest.raises(NonFiniteLoss, match=r"meta-parameters became (nan|inf) in the update of meta-step") as err:
+        run(cfg(*args), tmp_path)
+    step = int(re.search(r"meta-step (\d+) \(its meta-loss \S+ was finite\)", str(err.value)).group(1))
+    state, _ = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] == step and len(state["history"]) == step
+    assert all(torch.isfinite(v).all() for v in state["learner"].values())
+    assert first_nonfinite(state) is None
+    with pytest.raises(NonFiniteLoss, match=rf"update of meta-step {step} "):
+        run(cfg(*args), tmp_path)
+
+
+def spoil(monkeypatch, at: int, where: str):
+    """Make the meta-optimizer's update number ``at`` (0-based) leave +inf in a parameter or in its own state."""
+    import metatuv.train as train
+
+    real = train.build_optimizer
+
+    def build_optimizer(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        step, calls = opt.step, [0]
+
+        def spoiled_step(*a, **kw):
+            out = step(*a, **kw)
+            if calls[0] == at:
+                p = opt.param_groups[0]["params"][0]
+                with torch.no_grad():
+                    (p if where == "param" else opt.state[p]["exp_avg_sq"]).view(-1)[0] = float("inf")
+            calls[0] += 1
+            return out
+
+        opt.step = spoiled_step
+        return opt
+
+    monkeypatch.setattr(train, "build_optimizer", build_optimizer)
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_nonfinite_update_stops_at_its_step_in_both_modes(tmp_path, monkeypatch, mode):
+    spoil(monkeypatch, 12, "param")
+    with pytest.raises(NonFiniteLoss, match=r"meta-parameters became inf in the update of meta-step 12 "):
+        run(cfg(f"outer.nonfinite={mode}", "checkpoint.every=5"), tmp_path)
+    state, _ = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] == 10 and first_nonfinite(state) is None
+
+
+def test_a_nonfinite_optimizer_state_is_not_checkpointed(tmp_path, monkeypatch):
+    spoil(monkeypatch, 7, "state")
+    with pytest.raises(NonFiniteCheckpoint, match=r"optimizer.state.0.exp_avg_sq is NaN/Inf after meta-step 10"):
+        run(cfg("checkpoint.every=5"), tmp_path)
+    state, _ = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] == 5 and first_nonfinite(state) is None

@@ -131,3 +131,18 @@ def test_run_with_statistics_metric(tmp_path, monkeypatch, mode):
 def test_statistics_metric_needs_T_or_V(tmp_path):
     with pytest.raises(ValueError, match="metric=statistics needs a preset with T or V"):
         run(small(["metric=statistics", "model=maml"]), tmp_path)
+
+
+def test_bias_inside_T_key_builds_authors_layers(tmp_path):
+    """model.bias_inside_T=true builds every layer as y = T(U·V·x + b) and trains; without T it fails in one line."""
+    from metatuv.meta import get_preset
+    from metatuv.nn import TUVLayer
+    from metatuv.train import build
+
+    cfg = small(["model.bias_inside_T=true", "outer.steps=3", "eval.tasks=4"])
+    layers = [m for m in build(cfg, get_preset("tuv")).model.modules() if isinstance(m, TUVLayer)]
+    assert len(layers) == 3 and all(m.bias_inside_T for m in layers)
+    assert run(cfg, tmp_path)["test"] > 0
+    (tmp_path / "maml").mkdir()
+    with pytest.raises(ValueError, match="model.bias_inside_T=true needs a preset with T"):
+        run(small(["model=maml", "model.bias_inside_T=true"]), tmp_path / "maml")

@@ -1,5 +1,7 @@
 """TUV layers: the seed's identities (float64, ≤ 1e-10) and equivalence with the plain torch layers."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,202 @@ def test_drop_factors_and_fast_split():
     assert [n for n, _ in maml.named_parameters()] == ["U", "bias"]
 
 
-def test_tuvify_rejects_grouped_conv():
-    with pytest.raises(ValueError, match="groups=2"):
-        tuvify(nn.Conv2d(4, 4, 3, groups=2))
+def test_tuvify_keeps_ties_hooks_and_attributes():
+    """A layer under two names is converted once (same object, one set of T, U, V); the object, its attributes
+    and its hooks are the user's own; outputs are unchanged."""
+    lin = nn.Linear(3, 3, dtype=D)
+    lin.tag = "shared"
+    calls = []
+    lin.register_forward_hook(lambda m, i, o: calls.append(1))
+    net = nn.Sequential(lin, nn.Tanh(), lin)
+    outer = nn.ModuleDict({"net": net, "alias": lin})
+    x = torch.randn(4, 3, dtype=D)
+    before = net(x)
+    weight = lin.weight
+    assert tuvify(outer) is outer
+    assert net[0] is net[2] is outer["alias"] is lin and isinstance(lin, TUVLinear) and isinstance(lin, nn.Linear)
+    assert lin.U is weight and lin.tag == "shared"  # the old weight Parameter object is U
+    assert [n for n, _ in net.named_parameters()] == ["0.U", "0.T", "0.V", "0.bias"]
+    calls.clear()
+    assert torch.allclose(net(x), before, atol=TOL, rtol=0) and len(calls) == 2
+    random_factors(lin)
+    assert torch.equal(net[2].weight, outer["alias"].weight)
+
+
+def test_tuvify_leaves_frozen_layers_frozen():
+    """A frozen layer (weight requires_grad=False) is not converted; it neither adapts nor gets a meta-gradient."""
+    from metatuv.meta import MetaLearner, mse
+
+    frozen = nn.Linear(1, 4, dtype=D).requires_grad_(False)
+    net = tuvify(nn.Sequential(frozen, nn.Tanh(), nn.Linear(4, 1, dtype=D)))
+    assert type(net[0]) is nn.Linear and isinstance(net[2], TUVLinear)
+    assert fast_names(net) == ["2.U", "2.bias"]
+    learner = MetaLearner(net, mse, 0.1, 2)
+    batch = tuple(torch.randn(2, 5, 1, dtype=D) for _ in range(4))
+    learner.backward(batch)
+    assert frozen.weight.grad is None and frozen.bias.grad is None and net[2].T.grad is not None
+    adapted = learner.adapt_task(learner.params(), batch[0][0], batch[1][0])
+    assert adapted["0.weight"] is frozen.weight and not torch.equal(adapted["2.U"], net[2].U)
+
+
+def plain_conv_reference(plain: nn.Module, T, U, V):
+    """The plain layer computing W = T·U·V, W[o, i, ...] = Σ_a Σ_b T[o, a] U[a, b, ...] V[b, i] (explicit loops)."""
+    W = torch.zeros_like(U)
+    for o in range(U.shape[0]):
+        for i in range(U.shape[1]):
+            W[o, i] = sum(T[o, a] * U[a, b] * V[b, i] for a in range(U.shape[0]) for b in range(U.shape[1]))
+    ref = copy.deepcopy(plain)
+    with torch.no_grad():
+        ref.weight.copy_(W)
+    return ref
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        nn.Conv1d(4, 6, 3, groups=2, padding=1, padding_mode="circular", dtype=D),
+        nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect", dtype=D),
+        nn.Conv2d(4, 4, 3, groups=4, stride=2, dtype=D),
+        nn.Conv3d(2, 3, 2, padding=1, padding_mode="replicate", dtype=D),
+    ],
+    ids=["conv1d-groups-circular", "conv2d-same-reflect", "conv2d-depthwise", "conv3d-replicate"],
+)
+def test_conv_variants_equal_plain_conv_with_composed_weight(plain):
+    kind = type(plain)
+    x = torch.randn(2, plain.in_channels, *[7] * (plain.weight.dim() - 2), dtype=D)
+    reference = copy.deepcopy(plain)
+    layer = tuvify(plain)
+    assert isinstance(layer, kind) and layer.groups == reference.groups and layer.padding_mode == plain.padding_mode
+    assert torch.allclose(layer(x), reference(x), atol=TOL, rtol=0)  # identity factors
+    random_factors(layer)
+    ref = plain_conv_reference(reference, layer.T.detach(), layer.U.detach(), layer.V.detach())
+    assert torch.allclose(layer(x), ref(x), atol=TOL, rtol=0)
+
+
+def layer_with_factors(use_T=True, use_V=True):
+    layer = tuvify(nn.Linear(4, 3, dtype=D), use_T=use_T, use_V=use_V)
+    random_factors(layer)
+    return layer
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda layer, w: nn.init.zeros_(layer.weight) if w is None else None,
+        lambda layer, w: setattr(layer, "weight", nn.Parameter(w)),
+        lambda layer, w: setattr(layer, "weight", w),
+        lambda layer, w: layer.weight.data.copy_(w),
+        lambda layer, w: layer.weight.detach().copy_(w),
+        lambda layer, w: layer.weight.__setitem__(slice(None), w),
+        lambda layer, w: layer.load_state_dict({"weight": w, "bias": layer.bias.detach()}),
+    ],
+    ids=["init-zeros", "assign-parameter", "assign-tensor", "data-copy", "detach-copy", "setitem", "state-dict"],
+)
+@pytest.mark.parametrize("factors", [(True, True), (True, False), (False, False)], ids=["tuv", "tnet", "maml"])
+def test_writing_the_weight_lands(write, factors):
+    """Every way torch code writes a weight lands: W = T·U·V equals what was written, T and V are kept."""
+    layer = layer_with_factors(*factors)
+    T0, V0 = (None if f is None else f.detach().clone() for f in (layer.T, layer.V))
+    w = torch.randn(3, 4, dtype=D)
+    zeros = write.__code__.co_consts and "zeros" in str(write.__code__.co_names)
+    with torch.no_grad():
+        write(layer, None if zeros else w)
+    expected = torch.zeros(3, 4, dtype=D) if zeros else w
+    assert torch.allclose(layer.weight, expected, atol=1e-12, rtol=0)
+    x = torch.randn(5, 4, dtype=D)
+    assert torch.allclose(layer(x), x @ expected.T + layer.bias, atol=1e-12, rtol=0)
+    for f, f0 in zip((layer.T, layer.V), (T0, V0), strict=True):
+        assert (f is None and f0 is None) or torch.equal(f, f0)
+
+
+def test_init_and_reset_parameters_land_like_plain_layer():
+    layer = layer_with_factors()
+    plain = nn.Linear(4, 3, dtype=D)
+    torch.manual_seed(5)
+    nn.init.kaiming_uniform_(layer.weight, a=0.3)
+    nn.init.orthogonal_(layer.weight)
+    torch.manual_seed(5)
+    nn.init.kaiming_uniform_(plain.weight, a=0.3)
+    nn.init.orthogonal_(plain.weight)
+    assert torch.allclose(layer.weight, plain.weight, atol=1e-12, rtol=0)
+    torch.manual_seed(6)
+    layer.reset_parameters()  # nn.Linear's own
+    torch.manual_seed(6)
+    plain.reset_parameters()
+    assert torch.allclose(layer.weight, plain.weight, atol=1e-12, rtol=0) and torch.equal(layer.bias, plain.bias)
+
+
+def test_plain_state_dict_loads_strictly_and_tuv_checkpoint_names_stay():
+    net = tuvify(nn.Sequential(nn.Linear(4, 3, dtype=D), nn.ReLU(), nn.Linear(3, 2, dtype=D)), use_mask=True)
+    assert list(net.state_dict()) == [f"{i}.{k}" for i in (0, 2) for k in ("U", "T", "V", "mask_logit", "bias")]
+    for m in (net[0], net[2]):
+        random_factors(m)
+    plain = nn.Sequential(nn.Linear(4, 3, dtype=D), nn.ReLU(), nn.Linear(3, 2, dtype=D))
+    net.load_state_dict(plain.state_dict())  # strict: T, V, mask logits keep their values
+    x = torch.randn(5, 4, dtype=D)
+    assert torch.allclose(net(x), plain(x), atol=1e-12, rtol=0)
+    copy_ = tuvify(nn.Sequential(nn.Linear(4, 3, dtype=D), nn.ReLU(), nn.Linear(3, 2, dtype=D)), use_mask=True)
+    copy_.load_state_dict(net.state_dict())
+    assert torch.equal(copy_(x), net(x))
+    with pytest.raises(RuntimeError, match="both '0.weight' and '0.U'"):
+        copy_.load_state_dict({**net.state_dict(), "0.weight": plain[0].weight})
+
+
+def test_writing_through_a_singular_factor_raises_one_line():
+    layer = layer_with_factors()
+    with torch.no_grad():
+        layer.T[1] = layer.T[0]
+    with pytest.raises(ValueError, match="singular"):
+        nn.init.zeros_(layer.weight)
+
+
+def test_bias_inside_T_step_is_preconditioned_by_TTt():
+    """Lee & Choi's placement y = T(U·V·x + b), checked against a hand-written float64 forward and step.
+
+    The effective bias c = T·b moves by −α·TTᵀ·∂L/∂c after one step on b; the default placement moves b by
+    −α·∂L/∂b. The reference shares no code with the layer (plain matrix products)."""
+    from metatuv.meta import MetaLearner, mse
+
+    net = tuvify(nn.Sequential(nn.Linear(2, 3, dtype=D), nn.Tanh(), nn.Linear(3, 1, dtype=D)), bias_inside_T=True)
+    for m in (net[0], net[2]):
+        random_factors(m)
+    P = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+
+    def reference(P, x):
+        h = torch.tanh((P["0.T"] @ (P["0.U"] @ P["0.V"] @ x.T + P["0.bias"][:, None])).T)
+        return (P["2.T"] @ (P["2.U"] @ P["2.V"] @ h.T + P["2.bias"][:, None])).T
+
+    xs, ys, xq, yq = (torch.randn(6, d, dtype=D) for d in (2, 1, 2, 1))
+    assert torch.allclose(net(xs), reference(P, xs), atol=TOL, rtol=0)
+    alpha = 0.3
+    support = ((reference(P, xs) - ys) ** 2).mean()
+    g = dict(
+        zip(
+            ("0.U", "0.bias", "2.U", "2.bias"),
+            torch.autograd.grad(support, [P["0.U"], P["0.bias"], P["2.U"], P["2.bias"]], create_graph=True),
+            strict=True,
+        )
+    )
+    adapted = {**P, **{n: P[n] - alpha * g[n] for n in g}}
+    # the effective bias of the head, c = T·b, moved by −α·TTᵀ·∂L/∂c
+    c = (P["2.T"] @ P["2.bias"]).detach().requires_grad_()
+    out = (
+        P["2.T"] @ P["2.U"] @ P["2.V"] @ torch.tanh(P["0.T"] @ (P["0.U"] @ P["0.V"] @ xs.T + P["0.bias"][:, None]))
+        + c[:, None]
+    ).T
+    (gc,) = torch.autograd.grad(((out - ys) ** 2).mean(), c)
+    T2 = P["2.T"].detach()
+    assert torch.allclose(T2 @ adapted["2.bias"].detach() - c.detach(), -alpha * T2 @ T2.T @ gc, atol=TOL, rtol=0)
+    query = ((reference(adapted, xq) - yq) ** 2).mean()
+    ref_grads = dict(zip(P, torch.autograd.grad(query, list(P.values())), strict=True))
+
+    learner = MetaLearner(net, mse, alpha, 1)
+    batch = (xs[None], ys[None], xq[None], yq[None])
+    loss = learner.backward(batch)
+    assert abs(loss.item() - query.item()) <= 1e-12
+    for n, p in net.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-12, rtol=0), n
+    default = tuvify(nn.Linear(2, 3, dtype=D))
+    random_factors(default)
+    x = torch.randn(4, 2, dtype=D)
+    assert torch.allclose(default(x), x @ default.weight.detach().T + default.bias, atol=TOL, rtol=0)

@@ -72,9 +72,50 @@ def _mini_csv(root: Path, split: str, image_size: int) -> ClassImages:
     return _group(labels, images)
 
 
-def _mini_pickle(path: Path) -> ClassImages:
+# What learn2learn's mini-ImageNet pickles need: numpy arrays (reconstructed from raw bytes), dtypes and scalars,
+# and the latin-1 encoding pickle protocol 2 uses for bytes. Nothing here can run code of the file's choosing.
+PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler admitting only plain containers, strings, numbers and numpy arrays (PICKLE_ALLOWED)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def load_restricted_pickle(path: Path):
+    """``pickle.load`` that refuses (never calls) anything but containers and numpy arrays: one-line ValueError.
+
+    Used for every dataset pickle: mini-ImageNet's (read here) and tiered-ImageNet's / FC100's (checked before
+    learn2learn reads them with plain pickle)."""
     with path.open("rb") as f:
-        blob = pickle.load(f)
+        try:
+            return _RestrictedUnpickler(f, encoding="latin1").load()  # latin1: numpy arrays in Python 2 pickles
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{path}: refused, not a plain-data pickle ({err}; only dicts, lists, numbers, strings and numpy "
+                "arrays are loaded, nothing in the file is run); re-create it from the dataset's original files."
+            ) from None
+
+
+def _mini_pickle(path: Path) -> ClassImages:
+    blob = load_restricted_pickle(path)
+    if not isinstance(blob, dict) or not {"image_data", "class_dict"} <= blob.keys():
+        raise ValueError(f"{path}: expected a dict with 'image_data' and 'class_dict' (learn2learn's format).")
     data, class_dict = blob["image_data"], blob["class_dict"]
     rows = sorted(int(r) for rs in class_dict.values() for r in rs)
     if rows != list(range(len(data))):
@@ -152,12 +193,18 @@ def l2l_splits(name: str, root: str | Path, cache_dir=None) -> dict[str, ClassIm
             f"{name} not found under {root}: missing {', '.join(missing)}; place learn2learn's files for {name} "
             "there (this project never downloads) and set paths.data_root."
         )
+
+    def pickles(split: str) -> list[Path]:  # learn2learn reads these with plain pickle
+        if name == "tiered-imagenet":
+            return [root / "tiered-imagenet" / f"{split}_{k}.pkl" for k in ("images_png", "labels")]
+        return [root / f"FC100_{split}.pickle"] if name == "fc100" else []
+
+    def build(split: str, mode: str) -> ClassImages:
+        for path in pickles(split):  # only after they pass the restricted unpickler (nothing but plain data)
+            load_restricted_pickle(path)
+        return _from_l2l(classes[name](str(root), mode=mode, download=False))
+
     out = {}
     for split, mode in zip(SPLITS, ("train", "validation", "test"), strict=True):
-        out[split] = _cached(
-            f"{name}-{split}",
-            expected[name],
-            cache_dir,
-            lambda mode=mode: _from_l2l(classes[name](str(root), mode=mode, download=False)),
-        )
+        out[split] = _cached(f"{name}-{split}", expected[name], cache_dir, lambda s=split, m=mode: build(s, m))
     return out

@@ -17,10 +17,11 @@ Every backend takes Δ from the same step rule, so MT-net masks, learned rates a
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
+import itertools
+import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,7 +42,8 @@ class TaskProblem:
     """What one task's inner loop needs: the network, the loss, which parameters adapt, the step rule.
 
     ``make_rule(params, extra)`` builds the task's step rule from the meta parameters and that task's
-    slice of ``extras`` (e.g. the MT-net mask noise); ``steps``/``first_order`` as in ``adapt``.
+    slice of ``extras`` (e.g. the MT-net mask noise); ``steps``/``first_order`` as in ``adapt``. ``compiled``
+    holds this problem's own torch.compile'd functions (see ``compiled``).
     """
 
     model: nn.Module
@@ -50,6 +52,7 @@ class TaskProblem:
     steps: int
     first_order: bool
     make_rule: Callable[[Params, Any], StepRule]
+    compiled: dict = field(default_factory=dict, repr=False, compare=False)
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, params, (x,))
@@ -155,16 +158,31 @@ def _learn2learn(problem: TaskProblem, params: Params, batch: Batch, extras: Any
     return torch.stack(losses)
 
 
-@functools.cache
-def compiled(fn: Callable, cpp_wrapper: bool = False) -> Callable:
-    """torch.compile(fn), built once per function (dynamo then caches one graph per shape/guard set).
+_copies = itertools.count()
+
+
+def compiled(fn: Callable, cpp_wrapper: bool = False, cache: dict | None = None) -> Callable:
+    """torch.compile of a private copy of ``fn``, memoized in ``cache`` (one dict per learner or TaskProblem).
+
+    Dynamo keeps its compiled graphs, and counts recompiles against ``recompile_limit``, per code object; the
+    graphs guard on the model they were traced with. One compiled function shared by the whole process therefore
+    fell back to eager (with only a warning) after 8 models; each owner's own copy (a new code object) keeps any
+    number of models compiled, each recompiling only for its own new shapes.
 
     ``cpp_wrapper``: inductor calls the graph's kernels from generated C++ instead of generated Python. The
-    compiled meta-gradient on CPU uses it: the sinusoid TUV meta-step is ~70 kernels of a few µs each, and the C++
-    wrapper made it 1.2× faster (experiments/benchmark/RESULTS.md); compiling a large graph takes longer with it
-    (a conv4 loop over 3 tasks × 2 steps: 197 s against 108 s), vmapped ones about the same.
+    compiled meta-gradient on CPU uses it: the sinusoid TUV meta-step is ~70 kernels of a few µs each
+    (experiments/benchmark/RESULTS.md has the measured speed-up and compile times).
     """
-    return torch.compile(fn, options={"cpp_wrapper": True} if cpp_wrapper else None)
+    key = (fn, cpp_wrapper)
+    if cache is not None and key in cache:
+        return cache[key]
+    code = fn.__code__.replace(co_name=f"{fn.__name__}__compiled{next(_copies)}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    out = torch.compile(copy, options={"cpp_wrapper": True} if cpp_wrapper else None)
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
 def task_losses(
@@ -190,4 +208,4 @@ def task_losses(
     if vectorize == "auto":  # vmap measured faster on CPU too (experiments/backends/README.md); loop for 1 task
         vectorize = "vmap" if len(batch[0]) > 1 else "loop"
     fn = _func_vmap if vectorize == "vmap" else _func_loop
-    return (compiled(fn) if compile else fn)(problem, params, batch, extras)
+    return (compiled(fn, cache=problem.compiled) if compile else fn)(problem, params, batch, extras)

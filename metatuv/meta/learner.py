@@ -91,6 +91,7 @@ class MetaLearner(nn.Module):
         self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature, kfo)
         self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.make_rule)
         self.backend, self.vectorize, self.chunk_size, self.compile = backend, vectorize, chunk_size, compile
+        self._compiled: dict = {}  # this learner's own compiled meta-gradient (inner.backends.compiled)
 
     @classmethod
     def from_preset(cls, model: nn.Module, preset: Preset, loss: LossFn, lr: float, steps: int, **kw) -> MetaLearner:
@@ -185,7 +186,7 @@ class MetaLearner(nn.Module):
         meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
         fixed = {n: p.detach() for n, p in named.items() if not p.requires_grad} | dict(self.named_buffers())
         cpp_wrapper = batch[0].device.type == "cpu"  # CUDA keeps inductor's default Python wrapper (not measured)
-        grads, loss_sum = compiled(_meta_grads, cpp_wrapper)(self, meta, fixed, batch, extras, tasks)
+        grads, loss_sum = compiled(_meta_grads, cpp_wrapper, self._compiled)(self, meta, fixed, batch, extras, tasks)
         for n, g in grads.items():
             p = named[n]
             p.grad = g if p.grad is None else p.grad + g
@@ -263,8 +264,11 @@ def meta_train(
     A NaN/Inf meta-loss raises NonFiniteLoss naming its step when the losses are next synchronized (every
     ``log_every`` steps, and before ``after_step`` reads them — so no checkpoint holding it is written);
     ``nonfinite="skip"`` instead checks every step (one host sync) and skips meta-batches whose loss or gradient is
-    not finite, giving up after MAX_SKIPS in a row. ``shard=(rank, world)`` (an initialized process group):
-    this rank adapts its share of every meta-batch and the meta-gradients are all-reduced (metatuv.meta.distributed).
+    not finite, giving up after MAX_SKIPS in a row. The parameters are checked after every update (max |θ|, read
+    with the losses): an update that leaves a NaN/Inf parameter raises NonFiniteLoss naming that step in both
+    modes (an applied update cannot be skipped), again before ``after_step`` could checkpoint it.
+    ``shard=(rank, world)`` (an initialized process group): this rank adapts its share of every meta-batch and the
+    meta-gradients are all-reduced (metatuv.meta.distributed).
     """
     if nonfinite not in NONFINITE:
         raise ValueError(f"meta_train: nonfinite={nonfinite!r}; choose one of {list(NONFINITE)}.")
@@ -276,18 +280,30 @@ def meta_train(
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(seed + INNER_SEED_OFFSET)
     losses: list[float] = list(history or [])
-    pending: list[Tensor] = []  # losses not yet synchronized to floats
+    pending: list[Tensor] = []  # (loss, max |θ| after the update) per step, not yet synchronized to floats
+    checked = [p for p in learner.parameters() if p.numel()]  # (an empty tensor has no max)
 
     def flush() -> list[float]:
         if pending:
-            new = torch.stack(pending).tolist()
+            pairs = torch.stack(pending).tolist()
             pending.clear()
-            bad = [i for i, v in enumerate(new) if not math.isfinite(v)]
-            if bad and nonfinite == "stop":  # (with "skip" the bad steps were not applied)
-                k = len(losses) + bad[0]
+            new = [loss for loss, _ in pairs]
+            never = len(new)
+            bad = next((i for i, v in enumerate(new) if not math.isfinite(v)), never)
+            if nonfinite == "skip":  # (the steps with a bad loss were not applied)
+                bad = never
+            bad_params = next((i for i, (_, m) in enumerate(pairs) if not math.isfinite(m)), never)
+            if bad < never and bad <= bad_params:
                 raise NonFiniteLoss(
-                    f"meta-loss is {new[bad[0]]} at meta-step {k}; stopped (checkpoints before it are kept). "
-                    "Lower outer.lr or inner.lr, set outer.clip, or outer.nonfinite=skip to skip such meta-batches."
+                    f"meta-loss is {new[bad]} at meta-step {len(losses) + bad}; stopped (checkpoints before it are "
+                    "kept). Lower outer.lr or inner.lr, set outer.clip, or outer.nonfinite=skip to skip such "
+                    "meta-batches."
+                )
+            if bad_params < never:
+                raise NonFiniteLoss(
+                    f"meta-parameters became {pairs[bad_params][1]} in the update of meta-step "
+                    f"{len(losses) + bad_params} (its meta-loss {new[bad_params]} was finite); stopped (checkpoints "
+                    "before it are kept). Set outer.clip (e.g. outer.clip=10) or lower outer.lr."
                 )
             losses.extend(new)
         return losses
@@ -301,7 +317,6 @@ def meta_train(
         loss = learner.backward(_next(batches, step), generator, shard)
         if shard is not None and shard[1] > 1:
             loss = allreduce_(learner.parameters(), loss)
-        pending.append(loss)
         # max_norm=inf leaves the gradients as they are; the total norm is NaN/Inf if any entry is
         norm = nn.utils.clip_grad_norm_(learner.parameters(), clip if clip is not None else math.inf)
         if nonfinite == "skip" and not torch.isfinite(loss + norm).item():
@@ -314,6 +329,13 @@ def meta_train(
         else:
             skipped = 0
             optimizer.step()
+        with torch.no_grad():  # max |θ| after the update: NaN if any entry is NaN, Inf if any is infinite
+            top = torch.stack(
+                [n.double() for n in torch._foreach_norm(checked, math.inf)] + [loss.new_zeros((), dtype=torch.float64)]
+            ).amax()
+        pending.append(torch.stack([loss.double(), top.to(loss.device)]))
+        if nonfinite == "skip":  # synchronizing anyway: a non-finite update stops at its own step
+            flush()
         if (step + 1) % log_every == 0:
             recent = flush()[-log_every:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from metatuv.nn.tuv import TUVConv2d, TUVLayer
+from metatuv.nn.tuv import TUVLayer
 
 MODES = ("learned", "statistics", "statistics_init")
 
@@ -103,7 +103,7 @@ def set_from_statistics(layer: TUVLayer, A: Tensor, G: Tensor, damping: float = 
     if layer.V is not None:
         inv_root, root = _roots(A, damping, normalize)
         layer.V.copy_(inv_root)
-        U = torch.einsum("oa...,ai->oi...", U, root) if isinstance(layer, TUVConv2d) else U @ root
+        U = torch.einsum("oa...,ai->oi...", U, root) if U.dim() > 2 else U @ root
     layer.U.copy_(U)
 
 

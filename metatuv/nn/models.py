@@ -11,7 +11,11 @@ from metatuv.nn.tuv import tuvify
 
 
 def mlp(
-    sizes: Sequence[int] = (1, 40, 40, 1), use_T: bool = True, use_V: bool = True, use_mask: bool = False
+    sizes: Sequence[int] = (1, 40, 40, 1),
+    use_T: bool = True,
+    use_V: bool = True,
+    use_mask: bool = False,
+    bias_inside_T: bool = False,
 ) -> nn.Sequential:
     """MLP with ReLU between TUV linear layers; sinusoid regression uses 1-40-40-1 (Finn et al. 2017)."""
     if len(sizes) < 2:
@@ -21,7 +25,7 @@ def mlp(
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
-    return tuvify(nn.Sequential(*layers), use_T=use_T, use_V=use_V, use_mask=use_mask)
+    return tuvify(nn.Sequential(*layers), use_T=use_T, use_V=use_V, use_mask=use_mask, bias_inside_T=bias_inside_T)
 
 
 def conv4(
@@ -33,6 +37,7 @@ def conv4(
     use_T: bool = True,
     use_V: bool = True,
     use_mask: bool = False,
+    bias_inside_T: bool = False,
 ) -> nn.Sequential:
     """The 4-block conv net of MAML / MT-net: [conv3×3 → BatchNorm → ReLU (→ max-pool)] ×4 → linear.
 
@@ -53,4 +58,4 @@ def conv4(
     if hw < 1:
         raise ValueError(f"conv4: image_size={image_size} is too small for 4 downsampling blocks; use >= 16.")
     layers += [nn.Flatten(), nn.Linear(hidden * hw * hw, ways)]
-    return tuvify(nn.Sequential(*layers), use_T=use_T, use_V=use_V, use_mask=use_mask)
+    return tuvify(nn.Sequential(*layers), use_T=use_T, use_V=use_V, use_mask=use_mask, bias_inside_T=bias_inside_T)
