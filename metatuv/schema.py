@@ -64,6 +64,10 @@ class OuterConfig:
 @dataclass
 class ModelConfig:
     name: str = "tuv"
+    # bounded learned metric (issue 20, metatuv/nn/bounded.py): none | tanh | spectral | spectrum; null: the preset's
+    bound: str | None = None
+    # the bound on every layer's largest effective step α·λmax(VᵀV ⊗ TTᵀ) (λmax(P) < max_step / inner.lr)
+    max_step: float = 1.0
     bias_inside_T: bool = False  # true: y = T(U·V·x + b) as in Lee & Choi's code; false: y = T·U·V·x + b (README)
 
 

@@ -57,7 +57,7 @@ from metatuv.meta.presets import Preset
 from metatuv.metric import MODES, StatisticsTracker, mask_fractions, reestimate
 from metatuv.metric.plots import save_factor_figures
 from metatuv.metric.summary import factor_spectra, learned_metrics
-from metatuv.nn import conv4, mlp
+from metatuv.nn import BOUNDS, bound_factors, conv4, mlp
 from metatuv.runlock import run_folder_lock
 from metatuv.schema import register, unknown_keys
 
@@ -101,7 +101,7 @@ def build(
             bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
         else:
             bench = Polynomial(b.order, b.shots, b.queries, tuple(b.x_range))
-        model = mlp(list(b.arch.sizes), *flags, **inside)
+        model = bound_model(cfg, preset, mlp(list(b.arch.sizes), *flags, **inside))
         return Setup(
             model,
             mse,
@@ -130,7 +130,7 @@ def build(
         c, h, _ = fs.image_shape
     else:
         c, h, _ = image_shape(b.name, b.image_size)  # what load_splits yields (it refuses any other size)
-    model = conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags, **inside)
+    model = bound_model(cfg, preset, conv4(b.ways, c, b.arch.hidden, h, b.arch.pool, *flags, **inside))
     if not load_data:
         return Setup(model, cross_entropy, accuracy, "accuracy", None, None, None)  # type: ignore[arg-type]
     return Setup(
@@ -145,6 +145,22 @@ def build(
     )
 
 
+def model_bound(cfg: DictConfig, preset: Preset) -> str:
+    """The run's factor bound: ``model.bound`` when set, else the preset's own (none | tanh | spectral | spectrum)."""
+    bound = cfg.model.get("bound") or preset.bound
+    if bound not in BOUNDS:
+        raise ValueError(f"model.bound={bound!r} is not one of {list(BOUNDS)}.")
+    if bound != "none" and not (preset.use_T or preset.use_V):
+        raise ValueError(f"model.bound={bound} needs a preset with T or V (tnet, mtnet, tuv, mtuv), not {preset.name}.")
+    return bound
+
+
+def bound_model(cfg: DictConfig, preset: Preset, model: torch.nn.Module) -> torch.nn.Module:
+    """The model with its T, V bounded (metatuv.nn.bounded): λmax(VᵀV ⊗ TTᵀ) < model.max_step / inner.lr."""
+    bound = model_bound(cfg, preset)
+    return bound_factors(model, bound, cfg.model.max_step / cfg.inner.lr) if bound != "none" else model
+
+
 def statistics_hook(
     cfg: DictConfig, setup: Setup, preset: Preset
 ) -> tuple[Callable[[int], None] | None, StatisticsTracker | None]:
@@ -154,6 +170,8 @@ def statistics_hook(
         raise ValueError(f"unknown metric mode {m.mode!r}; choose one of {list(MODES)} (metric=...).")
     if m.mode == "learned":
         return None, None
+    if model_bound(cfg, preset) != "none":
+        raise ValueError(f"metric={m.mode} sets T and V directly; a bounded model (model.bound) needs metric=learned.")
     if not (preset.use_T or preset.use_V):
         raise ValueError(f"metric={m.mode} needs a preset with T or V (tnet, mtnet, tuv, mtuv), not {preset.name}.")
     if m.mode == "statistics":
@@ -241,7 +259,13 @@ def validate(cfg: DictConfig) -> None:
         (cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)"),
         (device_problem(str(cfg.device)) is None, device_problem(str(cfg.device))),
     ]
-    get_preset(cfg.model.name)  # unknown preset: its own one-line error
+    preset = get_preset(cfg.model.name)  # unknown preset: its own one-line error
+    bound = model_bound(cfg, preset)
+    if bound != "none" and not cfg.model.max_step > i.lr:
+        raise ValueError(
+            f"model.max_step={cfg.model.max_step} must be > inner.lr={i.lr} (T = V = I at the start is a step of "
+            f"inner.lr); raise model.max_step or lower inner.lr."
+        )
     for ok, message in rules:
         if not ok:
             raise ValueError(message + ".")

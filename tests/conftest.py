@@ -13,12 +13,18 @@ def vec(X: torch.Tensor) -> torch.Tensor:
 
 
 def random_factors(layer, scale: float = 0.3) -> None:
-    """Give a TUV layer non-trivial T and V (identity + noise), in place at construction time."""
+    """Give a TUV layer non-trivial T and V (identity + noise; a bounded layer: noise on its raw parameters),
+    in place at construction time."""
+    own = dict(layer.named_parameters(recurse=False))
+    names = ("T", "V") if "T" in own or "V" in own else BOUNDED_RAW
     with torch.no_grad():
-        for name in ("T", "V"):
-            f = getattr(layer, name)
+        for name in names:
+            f = own.get(name)
             if f is not None:
                 f.add_(scale * torch.randn_like(f))
+
+
+BOUNDED_RAW = ("T_raw", "V_raw", "bound_logit", "T_skew", "V_skew", "T_logit", "V_logit")  # metatuv.nn.bounded
 
 
 def _data_root():

@@ -6,7 +6,7 @@ from conftest import random_factors
 from torch import nn
 
 from metatuv.meta import PRESETS, MetaLearner, cross_entropy, get_preset, mse
-from metatuv.nn import TUVLayer, conv4, mlp
+from metatuv.nn import TUVLayer, bound_factors, conv4, mlp
 
 D = torch.float64
 PATHS = [("func", "loop"), ("func", "vmap"), ("higher", "loop"), ("learn2learn", "loop")]
@@ -25,7 +25,7 @@ def build(preset_name: str, arch: str, steps: int, first_order: bool, seed: int 
         loss = cross_entropy
         x = lambda t, n: torch.randn(t, n, 1, 16, 16)  # noqa: E731
         y = lambda t, n: torch.randint(0, 3, (t, n))  # noqa: E731
-    model = model.double()
+    model = bound_factors(model.double(), p.bound, 4.0)  # tuv_bounded: λmax(P) < 4
     for m in model.modules():
         if isinstance(m, TUVLayer):
             random_factors(m)

@@ -68,6 +68,7 @@ class MetaLearner(nn.Module):
         curvature: bool = False,
         head_only: bool = False,
         mask_temperature: float = 1.0,
+        kfo: bool = False,
         backend: str = "func",
         vectorize: str = "auto",
         chunk_size: int | None = None,
@@ -87,7 +88,7 @@ class MetaLearner(nn.Module):
             raise ValueError(f"MetaLearner: chunk_size={chunk_size} must be >= 1 or None (all tasks at once).")
         self.model = model
         self.fast_names = fast_names(model, head_only=head_only)
-        self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature)
+        self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature, kfo)
         self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.make_rule)
         self.backend, self.vectorize, self.chunk_size, self.compile = backend, vectorize, chunk_size, compile
         self._compiled: dict = {}  # this learner's own compiled meta-gradient (inner.backends.compiled)
@@ -104,6 +105,7 @@ class MetaLearner(nn.Module):
             lr_mode=preset.lr_mode,
             curvature=preset.curvature,
             head_only=preset.head_only,
+            kfo=preset.kfo,
             **kw,
         )
 

@@ -10,6 +10,11 @@ tnet:          W = T·U, U adapts:                     W' = W − α·TTᵀ·G  
 mtnet:         tnet + mask m on U's rows:             W' = W − α·T·(m ⊙ Tᵀ·G)         (Lee & Choi 2018)
 tuv:           W = T·U·V, U adapts:                   W' = W − α·TTᵀ·G·VᵀV            (the seed)
 mtuv:          tuv + mask m on U's rows:              W' = W − α·T·(m ⊙ Tᵀ·G·Vᵀ)·V
+tuv_bounded:   tuv with λmax(VᵀV ⊗ TTᵀ) < b by construction: W' = W − α·TTᵀ·G·VᵀV, with the soft spectral
+               clip T = T̃·c·tanh(‖T̃‖₂/c)/‖T̃‖₂ (V alike), c = b^¼, b = model.max_step / α (metatuv/nn/bounded.py)
+kfo:           W = U, learned PSD Kronecker transform:  W' = W − α·(AᵀA)·G·(BᵀB)       (MetaKFO, Arnold+ 2021)
+
+Every preset with a learned T or V takes ``model.bound=tanh|spectral|spectrum`` (``none`` for tuv_bounded gives tuv).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class Preset:
     head_only: bool = False
     first_order: bool = False  # forces first order when true
     rule: str = ""
+    bound: str = "none"  # none | tanh | spectral | spectrum (metatuv.nn.bounded); needs use_T or use_V
+    kfo: bool = False  # MetaKFO: Δ = α·(AᵀA)·G·(BᵀB) on plain weights (metatuv.meta.rule)
 
 
 PRESETS: dict[str, Preset] = {
@@ -43,6 +50,14 @@ PRESETS: dict[str, Preset] = {
         Preset("mtnet", use_T=True, use_mask=True, rule="W' = W - a*T*(m (.) T^T*G)"),
         Preset("tuv", use_T=True, use_V=True, rule="W' = W - a*TT^T*G*V^TV"),
         Preset("mtuv", use_T=True, use_V=True, use_mask=True, rule="W' = W - a*T*(m (.) T^T*G*V^T)*V"),
+        Preset(
+            "tuv_bounded",
+            use_T=True,
+            use_V=True,
+            bound="tanh",
+            rule="W' = W - a*TT^T*G*V^TV, T = T~*c*tanh(|T~|_2/c)/|T~|_2 (V alike), c = b^(1/4): lmax(P) < b",
+        ),
+        Preset("kfo", kfo=True, rule="W' = W - a*(A^TA)*G*(B^TB)"),
     )
 }
 

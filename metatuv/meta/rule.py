@@ -8,6 +8,9 @@
   the rows of U's gradient (output units / channels) and the bias gradient.
 - C_n: Meta-Curvature (Park & Oliva 2019): G ↦ M_o·G·M_i (and ×₃ M_f over the kernel taps of a conv),
   learned, initialized to the identity; applied to plain weights, unlike TUV's reparameterized TTᵀ·G·VᵀV.
+- C_n (MetaKFO, Arnold, Iqbal & Sha 2021; learn2learn's KroneckerTransform(KroneckerLinear, psd=True)):
+  G ↦ (AᵀA)·G·(BᵀB) with A, B learned, initialized to the identity; positive semi-definite factors. As in
+  learn2learn, a conv weight (o, i, kh, kw) is transformed per output channel as an (i, kh·kw) matrix.
 - α_{n,k}: the fixed inner lr, or learned: Meta-SGD (Li et al. 2017; one rate per parameter entry) or LSLR
   (MAML++, Antoniou et al. 2019; one rate per parameter tensor and inner step; test-time steps beyond the
   trained ones reuse the last trained step's rate).
@@ -47,6 +50,7 @@ class InnerRule(nn.Module):
         lr_mode: str = "fixed",
         curvature: bool = False,
         mask_temperature: float = 1.0,
+        kfo: bool = False,
     ) -> None:
         super().__init__()
         if lr_mode not in LR_MODES:
@@ -73,6 +77,18 @@ class InnerRule(nn.Module):
                 self.curvature[_key(n) + "_i"] = nn.Parameter(torch.eye(p.shape[1], **f))
                 if p.dim() == 4:
                     self.curvature[_key(n) + "_f"] = nn.Parameter(torch.eye(p.shape[2] * p.shape[3], **f))
+        self.kfo = nn.ParameterDict()
+        if kfo and curvature:
+            raise ValueError("InnerRule: kfo=True and curvature=True are two gradient transforms; choose one.")
+        if kfo:
+            for n in fast_names:
+                p = params[n]
+                if p.dim() < 2:
+                    continue
+                a, b = (p.shape[0], p.shape[1]) if p.dim() == 2 else (p.shape[1], p.shape[2] * p.shape[3])
+                f = {"dtype": p.dtype, "device": p.device}
+                self.kfo[_key(n) + "_l"] = nn.Parameter(torch.eye(a, **f))
+                self.kfo[_key(n) + "_r"] = nn.Parameter(torch.eye(b, **f))
         # MT-net: layer prefix -> the fast parameters its mask gates (U rows and bias)
         fast_set = set(fast_names)
         self.masked: dict[str, list[str]] = {}
@@ -100,8 +116,19 @@ class InnerRule(nn.Module):
                 out[n] = m.view(-1, *([1] * (params[n].dim() - 1)))
         return out
 
+    def _kfo(self, name: str, g: Tensor) -> Tensor:
+        """(AᵀA)·G·(BᵀB); a conv G (o, i, kh, kw) as o matrices (i, kh·kw)."""
+        k = _key(name)
+        A, B = self.kfo[k + "_l"], self.kfo[k + "_r"]
+        L, R = A.T @ A, B.T @ B
+        if g.dim() == 2:
+            return L @ g @ R
+        return (L @ g.flatten(2) @ R).view_as(g)
+
     def _curve(self, name: str, g: Tensor) -> Tensor:
         k = _key(name)
+        if k + "_l" in self.kfo:
+            return self._kfo(name, g)
         if k + "_o" not in self.curvature:
             return g
         Mo, Mi = self.curvature[k + "_o"], self.curvature[k + "_i"]

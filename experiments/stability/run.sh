@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Stability of learned metrics (issue 20, study 3): sinusoid K-shot x inner step size alpha x presets, 1 inner step in
+# training, evaluated with 10 (the config's inner.test_steps), 50 and 1 test steps on 600 tasks; a run whose score is
+# NaN/Inf counts as diverged. Run from the repository root:
+#   bash experiments/stability/run.sh && python experiments/stability/summarize.py
+# Defaults = the first slice that ran here (one seed, 3,000 meta-steps, 5 shots, tuv / tuv_bounded / kfo). The full
+# grid of issue 20 (3 seeds, 60,000 meta-steps, K = 5, 10, 20, seven presets; ~CPU-days on 2 cores):
+#   SEEDS=0,1,2 STEPS=60000 SHOTS="5 10 20" PRESETS=maml,mtnet,tuv,mtuv,tuv_bounded,kfo,metacurvature \
+#     bash experiments/stability/run.sh
+set -euo pipefail
+SEEDS=${SEEDS:-0}
+STEPS=${STEPS:-3000}
+SHOTS=${SHOTS:-5}
+PRESETS=${PRESETS:-tuv,tuv_bounded,kfo}
+ALPHAS=${ALPHAS:-0.01,0.04,0.1}
+MAX_STEP=${MAX_STEP:-1.0}  # model.max_step: the bound on α·λmax(VᵀV ⊗ TTᵀ) of bounded presets (others ignore it)
+export OMP_NUM_THREADS=1 METATUV_JOBS=${METATUV_JOBS:-2} WANDB_MODE=${WANDB_MODE:-offline}
+for k in $SHOTS; do
+  # inner.compile=false: at a few thousand meta-steps compiling (about a minute per run here) costs more than it saves
+  metatuv-train -m hydra/launcher=parallel experiment=sinusoid_${k}shot model="$PRESETS" inner.lr="$ALPHAS" \
+    model.max_step="$MAX_STEP" seed="$SEEDS" outer.steps="$STEPS" inner.compile=false progress=false eval.baseline=false logger=none \
+    logger.eval_every=0 checkpoint.every=0 hydra.sweep.dir=experiments/stability/runs \
+    'hydra.sweep.subdir=steps${outer.steps}/shots${benchmark.shots}/lr${inner.lr}/${model.name}/maxstep${model.max_step}/seed${seed}' || true
+done
+for d in experiments/stability/runs/steps*/shots*/lr*/*/maxstep*/seed*/; do  # also 50 and 1 test steps
+  [ -f "$d/results.json" ] || continue  # meta-training itself stopped (NonFiniteLoss): summarize.py reports it
+  for s in 50 1; do
+    [ -f "$d/eval-test-${s}steps-600tasks.json" ] || metatuv-eval "$d" --steps "$s" --tasks 600 --no-progress || true
+  done
+done
