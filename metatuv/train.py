@@ -172,6 +172,11 @@ def statistics_hook(
         return None, None
     if model_bound(cfg, preset) != "none":
         raise ValueError(f"metric={m.mode} sets T and V directly; a bounded model (model.bound) needs metric=learned.")
+    if cfg.model.get("bias_inside_T"):
+        raise ValueError(
+            f"metric={m.mode} resets T, which would move a bias inside T (y = T(UVx + b)); "
+            "use model.bias_inside_T=false with statistics."
+        )
     if not (preset.use_T or preset.use_V):
         raise ValueError(f"metric={m.mode} needs a preset with T or V (tnet, mtnet, tuv, mtuv), not {preset.name}.")
     if m.mode == "statistics":
@@ -313,7 +318,8 @@ RESUME_IGNORES = (
 )
 
 
-ADDED_KEYS = {"model.bias_inside_T": False}  # keys added after runs were written: their value when absent
+# keys added after runs were written: their value when absent (the value that reproduces those runs)
+ADDED_KEYS = {"model.bias_inside_T": False, "model.bound": None, "model.max_step": 1.0, "benchmark.split_dir": None}
 
 
 def _run_config(cfg: DictConfig) -> dict:
@@ -436,10 +442,14 @@ def run(
     with run_folder_lock(out_dir, enabled=rank == 0):  # one writer per run folder, for the run's life
         path = out_dir / CHECKPOINT
         resuming = cfg.checkpoint.resume and (path.exists() or previous(path).exists())
+        saved = None
+        if resuming:  # a refused resume must touch nothing, the wandb run of the finished run included
+            saved = load_checkpoint(path, cfg.device)  # falls back on checkpoint.prev.pt, saying so
+            _check_same_run(saved[0]["config"], cfg, saved[1])
         run_id = wandb_run_id(out_dir, resuming) if rank == 0 and cfg.logger.name == "wandb" else None
         logger = open_logger(cfg, out_dir, group, name, run_id) if rank == 0 else NullLogger()
         try:
-            results = _run(cfg, out_dir, logger, (rank, size), overrides)
+            results = _run(cfg, out_dir, logger, (rank, size), overrides, saved)
         except BaseException:
             logger.finish(ok=False)
             raise
@@ -458,7 +468,9 @@ def _run(
     logger: RunLogger,
     shard: tuple[int, int] = (0, 1),
     overrides: list[str] | None = None,
+    saved: tuple[dict, Path] | None = None,
 ) -> dict:
+    """``saved``: the checkpoint to resume from and its path, already checked against ``cfg`` by ``run``."""
     rank, size = shard
     setup, preset, learner = build_learner(cfg, with_val=cfg.logger.eval_every > 0)
     i = cfg.inner
@@ -469,9 +481,8 @@ def _run(
     streams = {"train": setup.train, "observe": setup.observe}
 
     path, start, history, train_s = out_dir / CHECKPOINT, 0, [], 0.0
-    if cfg.checkpoint.resume and (path.exists() or previous(path).exists()):
-        state, used = load_checkpoint(path, cfg.device)  # falls back on checkpoint.prev.pt, saying so
-        _check_same_run(state["config"], cfg, used)
+    if saved is not None:
+        state, used = saved
         start, history, train_s = state["step"], state["history"], state["train_seconds"]
         if start > cfg.outer.steps:
             raise ValueError(f"{path} is at step {start} > outer.steps={cfg.outer.steps}; raise outer.steps.")

@@ -315,3 +315,26 @@ def test_kfo_step_is_psd_kronecker_transform_by_hand():
     want = np.stack([0.1 * L @ g[o].reshape(2, 4) @ R for o in range(3)]).reshape(3, 2, 2, 2)
     np.testing.assert_allclose(delta["0.U"].detach().numpy(), want, atol=1e-12)
     np.testing.assert_allclose(delta["2.bias"].detach().numpy(), 0.1 * grads["2.bias"].numpy(), atol=1e-15)
+
+
+def test_bound_factors_keeps_tied_layers_tied_and_refuses_what_it_cannot_bound():
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.Tanh())
+    model.add_module("tied", lin)  # one layer under two names
+    model = bound_factors(tuvify(model), "tanh", 100.0)
+    assert model[0] is model.tied and isinstance(model.tied, BoundedTUVLinear)
+    with pytest.raises(ValueError, match="TUVConv1d layers cannot be bounded"):  # never left unbounded silently
+        bound_factors(tuvify(nn.Sequential(nn.Conv1d(2, 3, 3))), "tanh", 100.0)
+
+
+def test_statistics_refuse_bounded_and_bias_inside_T_layers():
+    """set_from_statistics would write into a computed (bounded) T, or move a bias that sits inside T: refused."""
+    from metatuv.metric.statistics import set_from_statistics
+
+    A, G = torch.eye(3), torch.eye(3)
+    for layer in (
+        bound_factors(tuvify(nn.Sequential(nn.Linear(3, 3))), "tanh", 100.0)[0],
+        tuvify(nn.Linear(3, 3), bias_inside_T=True),
+    ):
+        with pytest.raises(ValueError, match="cannot take T and V from statistics"):
+            set_from_statistics(layer, A, G)

@@ -350,3 +350,42 @@ def test_resume_with_a_moved_data_root_and_other_logging(tmp_path, capsys):
     assert a["test"] == b["test"] and same_params(whole, tmp_path)
     with pytest.raises(ValueError, match=r"outer.meta_batch=4.*outer.meta_batch=8"):  # this one changes results
         run(cfg(10, "outer.meta_batch=8"), tmp_path)
+
+
+def test_a_run_written_before_the_new_model_keys_resumes(tmp_path, capsys):
+    """A checkpoint whose config predates model.bias_inside_T / bound / max_step and benchmark.split_dir resumes,
+    bit-identical to an uninterrupted run (the keys' absent values are the ones that reproduce it)."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    a = run(cfg(8, "checkpoint.every=4"), whole)
+    run(cfg(4), tmp_path)
+    state, _ = load_checkpoint(tmp_path / CHECKPOINT)
+    for group, key in (
+        ("model", "bias_inside_T"),
+        ("model", "bound"),
+        ("model", "max_step"),
+        ("benchmark", "split_dir"),
+    ):
+        state["config"][group].pop(key)
+    save_checkpoint(tmp_path / CHECKPOINT, state)
+    capsys.readouterr()
+    b = run(cfg(8), tmp_path)
+    assert "resuming from" in capsys.readouterr().out
+    assert a["test"] == b["test"] and same_params(whole, tmp_path)
+
+
+def test_a_refused_resume_opens_no_logger(tmp_path, monkeypatch):
+    """The identity check comes before the logger: a refused rerun writes nothing (no wandb run under the finished
+    run's id with the refused config, no metrics rows)."""
+    import metatuv.train as train
+
+    run(cfg(2), tmp_path)
+    opened = []
+    monkeypatch.setattr(train, "open_logger", lambda *a, **k: opened.append(a) or train.NullLogger())
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=r"inner.lr=0.01.*inner.lr=0.02"):
+        run(cfg(4, "inner.lr=0.02"), tmp_path)
+    assert not opened
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != "run.lock"} == {
+        k: v for k, v in before.items() if k != "run.lock"
+    }

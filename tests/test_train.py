@@ -131,6 +131,8 @@ def test_run_with_statistics_metric(tmp_path, monkeypatch, mode):
 def test_statistics_metric_needs_T_or_V(tmp_path):
     with pytest.raises(ValueError, match="metric=statistics needs a preset with T or V"):
         run(small(["metric=statistics", "model=maml"]), tmp_path)
+    with pytest.raises(ValueError, match="metric=statistics resets T, which would move a bias inside T"):
+        run(small(["metric=statistics", "model.bias_inside_T=true"]), tmp_path / "inside")
 
 
 def test_bias_inside_T_key_builds_authors_layers(tmp_path):

@@ -211,8 +211,20 @@ def layer_with_factors(use_T=True, use_V=True):
         lambda layer, w: layer.weight.detach().copy_(w),
         lambda layer, w: layer.weight.__setitem__(slice(None), w),
         lambda layer, w: layer.load_state_dict({"weight": w, "bias": layer.bias.detach()}),
+        lambda layer, w: setattr(layer.weight, "data", w),
+        lambda layer, w: layer.weight.set_(w.clone()),
     ],
-    ids=["init-zeros", "assign-parameter", "assign-tensor", "data-copy", "detach-copy", "setitem", "state-dict"],
+    ids=[
+        "init-zeros",
+        "assign-parameter",
+        "assign-tensor",
+        "data-copy",
+        "detach-copy",
+        "setitem",
+        "state-dict",
+        "data-assign",
+        "set_",
+    ],
 )
 @pytest.mark.parametrize("factors", [(True, True), (True, False), (False, False)], ids=["tuv", "tnet", "maml"])
 def test_writing_the_weight_lands(write, factors):

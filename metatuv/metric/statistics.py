@@ -94,6 +94,11 @@ def set_from_statistics(layer: TUVLayer, A: Tensor, G: Tensor, damping: float = 
     """
     if damping <= 0:
         raise ValueError(f"set_from_statistics: damping={damping} must be > 0 (try 1e-3).")
+    if getattr(layer, "bound", None) is not None or getattr(layer, "bias_inside_T", False):
+        raise ValueError(  # bounded T, V are computed (a write would vanish); a bias inside T would move with T
+            f"set_from_statistics: {type(layer).__name__} with bounded factors or bias_inside_T cannot take T and V "
+            "from statistics; use model.bound=none and model.bias_inside_T=false with metric=statistics."
+        )
     W = layer.weight
     U = W
     if layer.T is not None:

@@ -148,17 +148,35 @@ def bound_factors(model: nn.Module, bound: str, max_eig: float) -> nn.Module:
     """Replace (in place) every TUV layer that has a T or a V by its bounded form: λmax(VᵀV ⊗ TTᵀ) < ``max_eig``.
 
     ``bound="none"`` returns ``model`` unchanged. The layers must be fresh (T = V = I); U, bias and MT-net mask
-    logits are kept. Returns ``model`` (or the new layer, when ``model`` itself is a TUV layer).
+    logits are kept; a layer registered under several names (tied) becomes one bounded layer under all of them.
+    Returns ``model`` (or the new layer, when ``model`` itself is a TUV layer).
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound={bound!r}; choose one of {list(BOUNDS)} (model.bound=...).")
     if bound == "none":
         return model
-    if type(model) in _BOUNDED and (model.T is not None or model.V is not None):
-        return _convert(model, bound, max_eig)
-    for name, child in model.named_children():
-        if type(child) in _BOUNDED and (child.T is not None or child.V is not None):
-            setattr(model, name, _convert(child, bound, max_eig))
-        else:
-            bound_factors(child, bound, max_eig)
+    return _bound_all(model, bound, max_eig, {})
+
+
+def _needs_bound(m: nn.Module) -> bool:
+    if not isinstance(m, TUVLayer) or isinstance(m, BoundedFactors) or (m.T is None and m.V is None):
+        return False
+    if type(m) not in _BOUNDED:  # never leave a learned T or V unbounded without a word
+        raise ValueError(
+            f"bound_factors: {type(m).__name__} layers cannot be bounded yet (only {[c.__name__ for c in _BOUNDED]}); "
+            "use model.bound=none for this model."
+        )
+    return True
+
+
+def _bound_all(model: nn.Module, bound: str, max_eig: float, done: dict[int, nn.Module]) -> nn.Module:
+    if _needs_bound(model):
+        if id(model) not in done:
+            done[id(model)] = _convert(model, bound, max_eig)  # type: ignore[arg-type]
+        return done[id(model)]
+    for name, child in list(model._modules.items()):  # every name, aliases included (named_children skips them)
+        if child is not None:
+            new = _bound_all(child, bound, max_eig, done)
+            if new is not child:
+                setattr(model, name, new)
     return model

@@ -50,6 +50,13 @@ class _WeightView(torch.Tensor):
         with torch._C.DisableTorchFunctionSubclass():
             return self.as_subclass(torch.Tensor).__repr__(**kw)
 
+    def set_(self, *args, **kwargs) -> _WeightView:  # not routed through __torch_function__: write back here
+        with torch._C.DisableTorchFunctionSubclass():
+            torch.Tensor.set_(self, *args, **kwargs)
+            root = self if self._base_view is None else self._base_view
+            root._owner._write_weight(root.as_subclass(torch.Tensor))
+        return self
+
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -61,6 +68,7 @@ class _WeightView(torch.Tensor):
         if isinstance(kwargs.get("out"), _WeightView):
             target, name = kwargs["out"], "out="
         writes = name in _INPLACE_DUNDERS or name == "out=" or (name.endswith("_") and not name.endswith("__"))
+        writes = writes or (name == "__set__" and getattr(func, "__self__", None) is torch.Tensor.data)  # .data = w
         if target is not None and writes and name not in _NOT_WRITES:
             root = target if target._base_view is None else target._base_view
             with torch._C.DisableTorchFunctionSubclass():
