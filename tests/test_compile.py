@@ -8,7 +8,7 @@ import torch
 from test_backends import build, meta_grads
 
 from metatuv.meta import PRESETS, MetaLearner, get_preset, meta_train, mse
-from metatuv.nn import mlp
+from metatuv.nn import bound_factors, mlp
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +116,7 @@ def test_every_learner_stays_compiled():
         p = get_preset(name)
         torch.manual_seed(0)
         model = mlp((1, 3, 1), use_T=p.use_T, use_V=p.use_V, use_mask=p.use_mask).double()
+        model = bound_factors(model, p.bound, 10.0)  # tuv_bounded: λmax(P) < 10 (α = 0.1: max_step 1)
         learner = MetaLearner.from_preset(model, p, mse, 0.1, 1, compile=True)
         ok_before = counters["frames"]["ok"]
         learner.backward(batch, torch.Generator().manual_seed(1))

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from metatuv.meta import PRESETS, MetaLearner, cross_entropy, get_preset, mse
-from metatuv.nn import TUVLayer, conv4, mlp
+from metatuv.nn import bound_factors, conv4, mlp
 
+BOUNDED_RAW = ("T_raw", "V_raw", "bound_logit", "T_skew", "V_skew", "T_logit", "V_logit")  # metatuv.nn.bounded
 DEVICE = os.environ.get("METATUV_TEST_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.gpu,
@@ -31,13 +32,11 @@ def build(preset: str, arch: str, seed: int = 0):
         model, loss = conv4(3, 1, 4, 16, "stride", p.use_T, p.use_V, p.use_mask), cross_entropy
         x = lambda n: torch.randn(3, n, 1, 16, 16)  # noqa: E731
         batch = (x(6), torch.randint(0, 3, (3, 6)), x(5), torch.randint(0, 3, (3, 5)))
-    model = model.double()
+    model = bound_factors(model.double(), p.bound, 4.0)  # tuv_bounded: λmax(P) < 4
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, TUVLayer):
-                for f in (m.T, m.V, m.mask_logit):
-                    if f is not None:
-                        f.add_(0.3 * torch.randn_like(f))
+        for name, q in model.named_parameters():  # T, V (or a bounded layer's raw parameters), mask logits
+            if name.rsplit(".", 1)[-1] in ("T", "V", "mask_logit", *BOUNDED_RAW):
+                q.add_(0.3 * torch.randn_like(q))
     learner = MetaLearner.from_preset(model, p, loss, lr=0.1, steps=2)
     batch = tuple(b.double() if b.is_floating_point() else b for b in batch)
     return learner, batch

@@ -5,14 +5,14 @@ import torch
 
 from metatuv.meta import PRESETS, MetaLearner, get_preset, mask_sample, mse
 from metatuv.metric import mask_fractions
-from metatuv.nn import TUVLinear, mlp
+from metatuv.nn import TUVLinear, bound_factors, mlp
 
 D = torch.float64
 
 
 def learner_for(name, steps=1, **kw):
     p = get_preset(name)
-    model = mlp([2, 4, 3], p.use_T, p.use_V, p.use_mask).double()
+    model = bound_factors(mlp([2, 4, 3], p.use_T, p.use_V, p.use_mask).double(), p.bound, 10.0)
     return MetaLearner.from_preset(model, p, mse, lr=0.1, steps=steps, **kw)
 
 

@@ -22,6 +22,7 @@ from metatuv.meta.distributed import allreduce_
 from metatuv.meta.presets import Preset
 from metatuv.meta.rule import InnerRule
 from metatuv.nn import fast_names
+from metatuv.nn.bounded import BoundedFactors
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 INNER_SEED_OFFSET = 0x5EED  # the inner loop's randomness (MT-net masks) never shares a seed with the task stream
@@ -95,7 +96,13 @@ class MetaLearner(nn.Module):
 
     @classmethod
     def from_preset(cls, model: nn.Module, preset: Preset, loss: LossFn, lr: float, steps: int, **kw) -> MetaLearner:
-        """A learner with the preset's rule; ``model`` must already have the preset's factors (and masks)."""
+        """A learner with the preset's rule; ``model`` must already have the preset's factors (and masks, and for a
+        bounded preset its bounded layers: ``metatuv.nn.bound_factors``)."""
+        if preset.bound != "none" and not any(isinstance(m, BoundedFactors) for m in model.modules()):
+            raise ValueError(  # else tuv_bounded would silently run plain TUV
+                f"preset {preset.name} needs bounded layers: build the model with "
+                f"metatuv.nn.bound_factors(model, {preset.bound!r}, max_step / lr) first (metatuv-train does)."
+            )
         kw["first_order"] = kw.get("first_order", False) or preset.first_order
         return cls(
             model,
