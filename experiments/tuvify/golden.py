@@ -20,7 +20,7 @@ from metatuv.nn import conv4, mlp
 
 def golden() -> dict[str, dict[str, torch.Tensor]]:
     out = {}
-    for name in sorted(PRESETS):
+    for name in sorted(n for n in PRESETS if PRESETS[n].bound == "none"):  # the presets that existed before (f4a5ad2)
         p = get_preset(name)
         for arch in ("mlp", "conv4"):
             torch.manual_seed(0)
