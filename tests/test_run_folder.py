@@ -148,10 +148,12 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     args = ("logger=wandb", "logger.every=2", "logger.eval_every=0", "logger.images_every=-1", "eval.baseline=false")
     run(cfg(4, *args), tmp_path)
+    time.sleep(1.1)  # wandb names offline folders by the second: two parts in one second would share a folder
     run(cfg(8, *args), tmp_path)  # resumes at step 4
-    (first, steps1), (second, steps2) = wandb_run_ids(tmp_path)
+    parts = sorted(wandb_run_ids(tmp_path), key=lambda part: max(part[1]))  # folder names tie within a second
+    (first, steps1), (second, steps2) = parts
     assert first == second == (tmp_path / RUN_ID_FILE).read_text().strip()
     assert min(steps2) > 4 and max(steps1) == 4  # the second part only logs after the checkpoint
     run(cfg(4, *args, "checkpoint.resume=false"), tmp_path)  # a new training run: a new wandb run
-    third = wandb_run_ids(tmp_path)[-1][0]
-    assert third != first and previous(tmp_path / CHECKPOINT).exists()
+    new = {i for i, _ in wandb_run_ids(tmp_path)} - {first}
+    assert len(new) == 1 and previous(tmp_path / CHECKPOINT).exists()
