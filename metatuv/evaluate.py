@@ -21,14 +21,22 @@ import re
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
 from metatuv.checkpoint import load_checkpoint, previous
 from metatuv.data import IMAGE_BENCHMARKS, preprocessor, read_episodes
 from metatuv.files import RunFileError, write_json
 from metatuv.meta import accuracy as metric_accuracy
 from metatuv.meta import evaluate
-from metatuv.train import CHECKPOINT, DIVERGED_EXIT, REGRESSION, TEST_SEED_OFFSET, build_learner, score_text
+from metatuv.train import (
+    CHECKPOINT,
+    DIVERGED_EXIT,
+    REGRESSION,
+    TEST_SEED_OFFSET,
+    build_learner,
+    score_text,
+    stored_config,
+)
 
 MIN_TASKS = 600  # the protocol of the papers we compare with; fewer only with --allow-few
 
@@ -44,17 +52,13 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict:
     """Mean ± 95% CI of the checkpoint's model over ``tasks`` episodes of ``split`` after ``steps`` inner steps."""
-    state, path = _load(path)
-    cfg = OmegaConf.create(state["config"])
-    if data_root is not None:
-        cfg.paths.data_root = data_root
-    if device is not None:
-        cfg.device = device
     if split not in ("test", "val"):
         raise ValueError(f"split={split!r}; choose test or val.")
+    state, path, cfg = _load(path, device)
+    if data_root is not None:
+        cfg.paths.data_root = data_root
     if split == "val" and cfg.benchmark.name in REGRESSION:
         raise ValueError(f"split=val: {cfg.benchmark.name} has no class splits; use split=test (fresh tasks).")
-    cfg.eval.baseline = False
     setup, _, learner = build_learner(cfg, eval_split=split)
     learner.load_state_dict(state["learner"])
     steps = cfg.inner.test_steps if steps is None else steps
@@ -80,13 +84,19 @@ def evaluate_checkpoint(
     return result
 
 
-def _load(path: Path) -> tuple[dict, Path]:
+def _load(path: Path, device: str | None) -> tuple[dict, Path, DictConfig]:
+    """The checkpoint's state, the file used, and its stored config (keys added since filled in; ``device`` set)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file() and not previous(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a metatuv-train output folder or its {CHECKPOINT}.")
-    return load_checkpoint(path)  # weights_only: a file that is not plain data is refused, never run
+    state, path = load_checkpoint(path)  # weights_only: a file that is not plain data is refused, never run
+    cfg = stored_config(state["config"])
+    if device is not None:
+        cfg.device = device
+    cfg.eval.baseline = False
+    return state, path, cfg
 
 
 def evaluate_episodes(
@@ -102,16 +112,12 @@ def evaluate_episodes(
 
     Reads no dataset: the network is rebuilt from the checkpoint's config (``build_learner(load_data=False)``).
     """
-    state, path = _load(path)
-    cfg = OmegaConf.create(state["config"])
-    if device is not None:
-        cfg.device = device
+    state, path, cfg = _load(path, device)
     b = cfg.benchmark
     if b.name not in IMAGE_BENCHMARKS:
         raise ValueError(
             f"--episodes scores image classification; this run's benchmark is {b.name} (use --tasks instead)."
         )
-    cfg.eval.baseline = False
     _, _, learner = build_learner(cfg, load_data=False)
     try:
         learner.load_state_dict(state["learner"])
@@ -193,16 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             r = evaluate_episodes(a.checkpoint, a.episodes, a.steps, a.seed, a.device, progress=not a.no_progress)
         except (FileNotFoundError, ValueError, RunFileError) as e:
             raise SystemExit(f"metatuv-eval: {e}") from None
-        print(
-            f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']}: accuracy over the {r['episodes']} "
-            f"episodes of {r['episodes_dir']}, {r['inner_steps']} inner steps: "
-            f"{score_text('accuracy', r['mean'], r['ci95'])} (95% CI)"
-        )
-        print(f"written to {r['written']}")
-        if r["status"] == "diverged":
-            print(f"metatuv-eval: DIVERGED: the score is not finite (null in {r['written']})", file=sys.stderr)
-            raise SystemExit(DIVERGED_EXIT)
-        return
+        what = f"{r['benchmark']}: accuracy over the {r['episodes']} episodes of {r['episodes_dir']}"
+        return _report(r, what, "accuracy")
     if a.tasks < MIN_TASKS and not a.allow_few:
         p.error(
             f"--tasks={a.tasks} is below {MIN_TASKS}, too few for a 95% CI to compare with papers; add --allow-few."
@@ -217,9 +215,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (FileNotFoundError, ValueError, RunFileError) as e:  # CheckpointError is a ValueError
         raise SystemExit(f"metatuv-eval: {e}") from None
+    _report(r, f"{r['benchmark']} {r['split']}: {r['metric']} over {r['tasks']} tasks", r["metric"])
+
+
+def _report(r: dict, what: str, metric: str) -> None:
+    """The summary line and the file written; a diverged score exits with DIVERGED_EXIT after saying so."""
     print(
-        f"{r['preset']} at meta-step {r['meta_step']}, {r['benchmark']} {r['split']}: {r['metric']} over {r['tasks']} "
-        f"tasks, {r['inner_steps']} inner steps: {score_text(r['metric'], r['mean'], r['ci95'])} (95% CI)"
+        f"{r['preset']} at meta-step {r['meta_step']}, {what}, {r['inner_steps']} inner steps: "
+        f"{score_text(metric, r['mean'], r['ci95'])} (95% CI)"
     )
     print(f"written to {r['written']}")
     if r["status"] == "diverged":

@@ -93,7 +93,7 @@ def build(
     b, dev, mb, seed = cfg.benchmark, cfg.device, cfg.outer.meta_batch, cfg.seed
     eb, test_seed = cfg.eval.batch, seed + TEST_SEED_OFFSET  # test tasks do not depend on the meta-batch size
     flags = (preset.use_T, preset.use_V, preset.use_mask)
-    inside = {"bias_inside_T": bool(cfg.model.get("bias_inside_T", False))}  # absent from runs written before it
+    inside = {"bias_inside_T": cfg.model.bias_inside_T}
     if inside["bias_inside_T"] and not preset.use_T:
         raise ValueError(f"model.bias_inside_T=true needs a preset with T (tnet, mtnet, tuv, mtuv), not {preset.name}.")
     if b.name in REGRESSION:
@@ -322,6 +322,15 @@ RESUME_IGNORES = (
 ADDED_KEYS = {"model.bias_inside_T": False, "model.bound": None, "model.max_step": 1.0, "benchmark.split_dir": None}
 
 
+def stored_config(saved: dict) -> DictConfig:
+    """The config a checkpoint stored, with every key added since given the value that reproduces that run."""
+    cfg = OmegaConf.create(saved)
+    for key, value in ADDED_KEYS.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
 def _run_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
@@ -336,9 +345,9 @@ def _check_same_run(saved: dict, cfg: DictConfig, path: Path) -> None:
             out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
         return out
 
-    old, new = flat(saved), flat(_run_config(cfg))
+    old, new = flat(_run_config(stored_config(saved))), flat(_run_config(cfg))
     for key in sorted(old.keys() | new.keys()):
-        if old.get(key, ADDED_KEYS.get(key)) != new.get(key):
+        if old.get(key) != new.get(key):
             raise ValueError(
                 f"{path} was written by a run with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
                 "resume with the same config, or start a new folder (hydra.run.dir=...) or checkpoint.resume=false."

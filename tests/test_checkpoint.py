@@ -368,6 +368,7 @@ def test_a_run_written_before_the_new_model_keys_resumes(tmp_path, capsys):
     ):
         state["config"][group].pop(key)
     save_checkpoint(tmp_path / CHECKPOINT, state)
+    assert evaluate_checkpoint(tmp_path, tasks=4, progress=False)["status"] == "ok"  # metatuv-eval reads it too
     capsys.readouterr()
     b = run(cfg(8), tmp_path)
     assert "resuming from" in capsys.readouterr().out

@@ -21,14 +21,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 
 from metatuv.checkpoint import load_checkpoint  # noqa: E402
 from metatuv.metric.factors import dense_preconditioner, factors  # noqa: E402
 from metatuv.metric.summary import tuv_layers  # noqa: E402
 from metatuv.nn.tuv import TUVLinear, compose  # noqa: E402
-from metatuv.train import CHECKPOINT, build_learner  # noqa: E402
+from metatuv.train import CHECKPOINT, build_learner, stored_config  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -53,7 +52,7 @@ def plain_gradients(model: nn.Sequential, xs: torch.Tensor, ys: torch.Tensor) ->
 
 def check(run: Path) -> tuple[str, dict]:
     state, _ = load_checkpoint(run / CHECKPOINT)
-    cfg = OmegaConf.create(state["config"])
+    cfg = stored_config(state["config"])  # keys added since the run filled in
     if cfg.benchmark.name not in ("sinusoid", "polynomial"):
         raise ValueError(f"{run}: benchmark {cfg.benchmark.name}; this check covers the regression MLPs.")
     setup, preset, learner = build_learner(cfg)

@@ -13,11 +13,10 @@ import statistics
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch.func import grad, jvp
 
 from metatuv.checkpoint import load_checkpoint
-from metatuv.train import build_learner
+from metatuv.train import build_learner, stored_config
 
 
 def main() -> None:
@@ -27,7 +26,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_default_dtype(torch.float64)
     state, _ = load_checkpoint(Path(a.run) / "checkpoint.pt")
-    cfg = OmegaConf.create(state["config"])
+    cfg = stored_config(state["config"])  # keys added since the run filled in
     cfg.eval.baseline = False
     setup, _, learner = build_learner(cfg)
     learner.load_state_dict(state["learner"])
