@@ -23,50 +23,35 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from metatuv.meta import MetaLearner, build_optimizer, cross_entropy, get_preset, mse
-from metatuv.nn import conv4, mlp
+from metatuv.data import image_shape
+from metatuv.meta import build_optimizer
 from metatuv.schema import register
+from metatuv.train import build_learner
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-CHANNELS = {"omniglot": 1, "mini-imagenet": 3, "tiered-imagenet": 3, "cifar-fs": 3, "fc100": 3}
 
 
 def setup(cfg):
-    """(learner, random meta-batch) of the composed config."""
-    b, i, preset = cfg.benchmark, cfg.inner, get_preset(cfg.model.name)
-    flags = {"use_T": preset.use_T, "use_V": preset.use_V, "use_mask": preset.use_mask}
-    t = cfg.outer.meta_batch
+    """(learner, random meta-batch) of the composed config: the learner built by metatuv-train's own
+    ``build_learner`` (no dataset read), inputs of the benchmark's shapes."""
+    b, t = cfg.benchmark, cfg.outer.meta_batch
+    _, _, learner = build_learner(cfg, load_data=False)
     if b.name in ("sinusoid", "polynomial"):
-        model, loss = mlp(list(b.arch.sizes), **flags), mse
         d_in, d_out = b.arch.sizes[0], b.arch.sizes[-1]
-        batch = (
+        return learner, (
             torch.randn(t, b.shots, d_in),
             torch.randn(t, b.shots, d_out),
             torch.randn(t, b.queries, d_in),
             torch.randn(t, b.queries, d_out),
         )
-    else:
-        c, s = CHANNELS[b.name], b.image_size
-        model, loss = conv4(b.ways, c, b.arch.hidden, s, b.arch.pool, **flags), cross_entropy
-        n_s, n_q = b.ways * b.shots, b.ways * b.queries
-        batch = (
-            torch.randn(t, n_s, c, s, s),
-            torch.randint(0, b.ways, (t, n_s)),
-            torch.randn(t, n_q, c, s, s),
-            torch.randint(0, b.ways, (t, n_q)),
-        )
-    learner = MetaLearner.from_preset(
-        model,
-        preset,
-        loss,
-        i.lr,
-        i.steps,
-        first_order=i.first_order,
-        vectorize=i.vectorize,
-        chunk_size=i.chunk_size,
-        compile=i.compile,
+    c, s, _ = image_shape(b.name, b.image_size)
+    n_s, n_q = b.ways * b.shots, b.ways * b.queries
+    return learner, (
+        torch.randn(t, n_s, c, s, s),
+        torch.randint(0, b.ways, (t, n_s)),
+        torch.randn(t, n_q, c, s, s),
+        torch.randint(0, b.ways, (t, n_q)),
     )
-    return learner, batch
 
 
 def time_setup(overrides: list[str], steps: int) -> dict:
