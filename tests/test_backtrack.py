@@ -1,0 +1,79 @@
+"""The backtracking test-time step (metatuv/inner/backtrack.py) against hand-computed values and plain SGD."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import vmap
+
+from metatuv.inner import adapt
+from metatuv.inner.backtrack import adapt_backtracking, step_scale
+
+
+def quadratic(A: torch.Tensor):
+    return lambda f: 0.5 * f["w"] @ A @ f["w"]
+
+
+def test_step_scale_by_hand():
+    # L = θ², θ = 1, Δ = 1.5·2θ = 3: L(1 − 3) = 4 > 1 rejected, L(1 − 1.5) = 0.25 <= 1 accepted: s = 1/2
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    assert step_scale(loss, fast, {"w": torch.tensor([3.0], dtype=torch.float64)}, tries=4).item() == 0.5
+    # Δ = 0.5: the full step already decreases L: s = 1
+    assert step_scale(loss, fast, {"w": torch.tensor([0.5], dtype=torch.float64)}, tries=4).item() == 1.0
+    # Δ = 100: needs ρʲ·100 <= 2, i.e. j >= 6; with 4 tries none qualifies: s = 0
+    assert step_scale(loss, fast, {"w": torch.tensor([100.0], dtype=torch.float64)}, tries=4).item() == 0.0
+    assert step_scale(loss, fast, {"w": torch.tensor([100.0], dtype=torch.float64)}, tries=8).item() == 2.0**-6
+
+
+def test_a_nonfinite_step_leaves_the_parameters():
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    out = adapt_backtracking(loss, fast, 3, lambda k, g: {"w": g["w"] * math.inf})
+    torch.testing.assert_close(out["w"], fast["w"], rtol=0, atol=0)
+
+
+def test_equals_plain_sgd_when_every_full_step_descends():
+    A = torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    fast = {"w": torch.tensor([1.0, -1.0], dtype=torch.float64)}
+    plain = adapt(quadratic(A), fast, 20, 0.3)  # α·λmax = 0.9 < 1: every full step lowers L
+    safe = adapt_backtracking(quadratic(A), fast, 20, 0.3)
+    torch.testing.assert_close(safe["w"], plain["w"].detach(), rtol=0, atol=1e-15)
+
+
+def test_cannot_diverge_where_plain_sgd_does():
+    A = torch.diag(torch.tensor([1.0, 50.0], dtype=torch.float64))  # α·λmax = 5 > 2: plain SGD blows up
+    fast = {"w": torch.tensor([1.0, 1.0], dtype=torch.float64)}
+    with torch.no_grad():
+        plain = adapt(quadratic(A), fast, 50, 0.1)
+    assert quadratic(A)(plain).item() > 1e20
+    losses = [quadratic(A)(fast).item()]
+    for _ in range(50):
+        fast = adapt_backtracking(quadratic(A), fast, 1, 0.1)
+        losses.append(quadratic(A)(fast).item())
+    assert all(b <= a for a, b in zip(losses, losses[1:], strict=False))
+    assert losses[-1] < 1e-3 * losses[0]  # and still converges
+
+
+def test_vmap_over_tasks_equals_the_loop():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 40.0, 400.0], dtype=torch.float64)  # tasks of very different curvature
+
+    def run(c: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+        loss = lambda f: 0.5 * c * (f["w"] ** 2).sum() + torch.sin(f["w"]).sum()  # noqa: E731
+        return adapt_backtracking(loss, {"w": w0}, 10, 0.05)["w"]
+
+    w0 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    looped = torch.stack([run(c, w) for c, w in zip(scales, w0, strict=True)])
+    torch.testing.assert_close(vmap(run)(scales, w0), looped, rtol=0, atol=1e-14)
+
+
+def test_bad_arguments_fail_with_one_line():
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.ones(1)}
+    with pytest.raises(ValueError, match="tries=0"):
+        step_scale(loss, fast, fast, tries=0)
+    with pytest.raises(ValueError, match="steps=-1"):
+        adapt_backtracking(loss, fast, -1, 0.1)
