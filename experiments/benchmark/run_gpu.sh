@@ -135,7 +135,7 @@ if [[ -n $CROWS ]]; then
   step compiled 120 "$PYTHON" $BENCH --device $DEV --workloads $CROWS --contenders metatuv,metatuv-compiled --check \
     "${SIZE[@]}" --out "$WORK/compiled.json"
 else
-  log "compiled: not in --smoke (compiling on the CPU takes minutes; tests/test_compile.py covers the path)"
+  log "compiled: not in --smoke (compiling on the CPU is slow, experiments/benchmark/RESULTS.md; tests/test_compile.py covers the path)"
 fi
 step maxpool 25 "$PYTHON" $BENCH --device $DEV --workloads omniglot-5w1s --omniglot-pool max \
   --contenders func-vmap,metatuv --check "${SIZE[@]}" --out "$WORK/maxpool.json"
