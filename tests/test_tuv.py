@@ -56,7 +56,7 @@ def test_seed_identities(layer):
     U_new = layer.U.detach() - alpha * gU
     W_new = compose(T, U_new, V)
     for Wn, W0, G_tap in zip(taps(W_new), taps(W.detach()), taps(G), strict=True):
-        expected = W0 - alpha * (T @ T.T) @ G_tap @ (V.T @ V)  # Eq. 2
+        expected = W0 - alpha * (T @ T.T) @ G_tap @ (V.T @ V)  # docs/derivation.md eq. 3
         assert torch.allclose(Wn, expected, atol=TOL, rtol=0)
         P = torch.kron(V.T @ V, T @ T.T)  # vec(ΔW) = −α (VᵀV ⊗ TTᵀ) vec(G)
         assert torch.allclose(vec(Wn - W0), -alpha * P @ vec(G_tap), atol=TOL, rtol=0)

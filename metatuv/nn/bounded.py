@@ -1,5 +1,6 @@
 """Bounded learned metrics (issue 20): T and V built from raw parameters so that, for ANY raw values, the inner
-step's preconditioner P = VᵀV ⊗ TTᵀ (vec ΔW = −α P vec G, seed Eq. 2) has λmax(P) < b, a per-layer bound.
+step's preconditioner P = VᵀV ⊗ TTᵀ (vec ΔW = −α P vec G, docs/derivation.md eq. 4 and section 9) has λmax(P) < b,
+a per-layer bound.
 
 Three designs (``bound=``); all start at T = V = I (so W = U, as the seed) and all keep W = T·U·V with only U
 adapting, so the inner step is still −α (VᵀV ⊗ TTᵀ) vec G, only with constrained factors:
