@@ -170,6 +170,17 @@ def test_metakfo_trajectory_equals_tuv_with_A_T_transposed_and_B_V():
         assert close(T @ U @ V, W)
 
 
+def test_metakfo_conv_vec_form():
+    """MetaKFO on a conv weight (m, n, taps): each output channel's (n, taps) slice G_o becomes (AᵀA)·G_o·(BᵀB), so
+    P = BᵀB ⊗ AᵀA ⊗ I_m (A mixes input channels, B kernel taps), PSD."""
+    m, n, t = 3, 4, 9
+    A, B = near_identity(n), near_identity(t)
+    G = torch.randn(m, n, t, dtype=D)
+    dW = torch.stack([(A.T @ A) @ G[o] @ (B.T @ B) for o in range(m)])
+    P = torch.kron(B.T @ B, torch.kron(A.T @ A, torch.eye(m, dtype=D)))
+    assert close(vec(dW), P @ vec(G)) and close(P, P.T) and torch.linalg.eigvalsh(P).min() > -TOL
+
+
 def test_metacurvature_vec_form():
     """Meta-Curvature: ΔW = −α·M_o·G·M_i, vec form (M_iᵀ ⊗ M_o), neither symmetric nor PSD in general; on a conv
     weight (o, i, taps) the tap factor gives ΔW[o,i,t] = −α Σ M_o[o,a]·G[a,b,s]·M_i[b,i]·M_f[t,s], i.e.
