@@ -1,15 +1,16 @@
-"""MAML-style outer loop over W = T·U·V models (Finn et al. 2017; Lee & Choi 2018).
+"""MAML-style meta-learner over W = T·U·V models (Finn et al. 2017; Lee & Choi 2018).
 
-Meta-objective: min over (T, V, U₀, b₀, rule parameters) of E_task L_query(adapt(U₀, b₀; support)), by Adam.
+Meta-objective: min over θ = (T, V, U₀, b₀, rule parameters) of E_task L_query(adapt(U₀, b₀; support; θ)).
+``query_losses(learner, θ, batch, extras)`` is that loss as one pure function of every meta-parameter, the
+model's and the step rule's alike; the eager (``backward``) and compiled (``_compiled_backward``) meta-gradients
+both differentiate it. The training loop: meta/loop.py; evaluation: meta/evaluation.py; losses: meta/losses.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad
+from torch.func import grad
 from torch.utils._pytree import tree_map
 
 from metatuv.inner import Params, TaskProblem, task_losses
@@ -36,17 +37,35 @@ __all__ = [  # re-exported: their homes are meta/loop.py, meta/evaluation.py, me
     "evaluate",
     "format_score",
     "mean_ci95",
+    "meta_loss",
     "meta_train",
     "mse",
+    "query_losses",
 ]
+
+MODEL, RULE = "model.", "rule."  # a MetaLearner's children: names of meta-parameters start with one of them
+
+
+def query_losses(learner: MetaLearner, meta: Params, batch: Batch, extras: Params, **kw) -> Tensor:
+    """L_i(θ), the query loss of every task i after its inner loop, shape (tasks,): a pure function of all
+    meta-parameters θ = ``meta`` by the learner's names (``model.0.U``, ``rule.lrs.0__U``); the step rule reads its
+    own from ``meta`` too. ``kw``: backend, compile (default: func, eager)."""
+    model = {n[len(MODEL) :]: t for n, t in meta.items() if n.startswith(MODEL)}
+    backend, compile = kw.get("backend", "func"), kw.get("compile", False)
+    return task_losses(learner.problem, model, batch, extras, backend, learner.vectorize, compile, rule_params=meta)
+
+
+def meta_loss(learner: MetaLearner, meta: Params, batch: Batch, extras: Params) -> Tensor:
+    """(1/tasks)·Σ_i L_i(θ): the meta-loss as a pure function of every meta-parameter (see query_losses)."""
+    return query_losses(learner, meta, batch, extras).mean()
 
 
 class MetaLearner(nn.Module):
     """The model with its inner loop: ``steps`` steps of the inner rule on the fast parameters.
 
-    Methods take ``params`` (name → tensor, the model's parameters and buffers; default: the model's own), so
-    the meta-loss is a pure function of the meta parameters (gradcheck, vmap). The inner-rule parameters
-    (learned rates, curvature) live in ``self.rule``; the outer optimizer takes ``self.parameters()``.
+    Methods take ``params`` (name → tensor, the model's parameters and buffers; default: the model's own); the
+    inner-rule parameters (learned rates, curvature) live in ``self.rule`` and enter by ``meta_params()``, so the
+    meta-loss is a pure function of all of them (``query_losses``). The outer optimizer takes ``self.parameters()``.
     """
 
     def __init__(
@@ -82,7 +101,7 @@ class MetaLearner(nn.Module):
         self.model = model
         self.fast_names = fast_names(model, head_only=head_only)
         self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature, kfo)
-        self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.make_rule)
+        self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.transform(MODEL, RULE))
         self.backend, self.vectorize, self.chunk_size, self.compile = backend, vectorize, chunk_size, compile
         self._compiled: dict = {}  # this learner's own compiled meta-gradient (inner.backends.compiled)
 
@@ -115,26 +134,32 @@ class MetaLearner(nn.Module):
     def params(self) -> Params:
         return {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
 
+    def meta_params(self, params: Params | None = None) -> Params:
+        """Every meta-parameter and buffer by the learner's names (model.*, rule.*); ``params``: the model's part."""
+        if params is None:
+            return {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        rule = {RULE + n: p for n, p in self.rule.named_parameters()}
+        return {**{MODEL + n: t for n, t in params.items()}, **rule}
+
     def sample_extras(self, tasks: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-task randomness of the inner loop (MT-net mask noise), drawn outside vmap: {} if none."""
         like = next(self.model.parameters())
         return self.rule.mask_noise(tasks, generator, like)
 
     def task_losses(
-        self, batch: Batch, extras: Any = None, params: Params | None = None, backend: str | None = None
+        self, batch: Batch, extras: Params | None = None, params: Params | None = None, backend: str | None = None
     ) -> Tensor:
-        """Query loss of every task after adaptation, shape (tasks,)."""
-        params = self.params() if params is None else params
+        """Query loss of every task after adaptation, shape (tasks,); ``params``: the model's (default: its own)."""
         extras = self.sample_extras(len(batch[0])) if extras is None else extras
         backend = backend or self.backend
         compile = self.compile and backend == "func"
-        return task_losses(self.problem, params, batch, extras, backend, self.vectorize, compile)
+        return query_losses(self, self.meta_params(params), batch, extras, backend=backend, compile=compile)
 
-    def forward(self, batch: Batch, extras: Any) -> Tensor:
+    def forward(self, batch: Batch, extras: Params) -> Tensor:
         """Query loss of every task after adaptation, shape (tasks,), by the func backend (eager; see task_losses)."""
-        return task_losses(self.problem, self.params(), batch, extras, "func", self.vectorize)
+        return query_losses(self, self.meta_params(), batch, extras)
 
-    def meta_loss(self, batch: Batch, params: Params | None = None, extras: Any = None) -> Tensor:
+    def meta_loss(self, batch: Batch, params: Params | None = None, extras: Params | None = None) -> Tensor:
         """Mean over tasks of the query loss after adaptation."""
         return self.task_losses(batch, extras, params).mean()
 
@@ -171,13 +196,13 @@ class MetaLearner(nn.Module):
             total = total + loss_sum.to(total.device)
         return total / tasks
 
-    def _compiled_backward(self, batch: Batch, extras: Any, tasks: int) -> Tensor:
+    def _compiled_backward(self, batch: Batch, extras: Params, tasks: int) -> Tensor:
         """``.grad += ∂(Σ query losses / tasks)/∂θ`` for every trainable θ, from one compiled torch.func graph.
 
-        The whole meta-gradient (inner steps, query loss, and the backward through both) is ``torch.func.grad``
-        of a functional call of this learner, traced once by torch.compile: no autograd graph is recorded and
-        the autograd engine is not entered, which leaves far fewer kernel calls on small networks than compiling
-        the forward alone (experiments/benchmark/RESULTS.md). Returns Σ query losses (detached).
+        The whole meta-gradient (inner steps, query loss, and the backward through both) is ``torch.func.grad`` of
+        ``query_losses`` (the function the eager path differentiates), traced once by torch.compile: no autograd
+        graph is recorded and the autograd engine is not entered, which leaves far fewer kernel calls on small
+        networks than compiling the forward alone (experiments/benchmark/RESULTS.md). Returns Σ query losses.
         """
         named = dict(self.named_parameters())
         meta = {n: p.detach() for n, p in named.items() if p.requires_grad}
@@ -189,19 +214,21 @@ class MetaLearner(nn.Module):
             p.grad = g if p.grad is None else p.grad + g
         return loss_sum
 
-    def adapt_task(self, params: Params, xs: Tensor, ys: Tensor, steps: int | None = None, extra: Any = None) -> Params:
+    def adapt_task(
+        self, params: Params, xs: Tensor, ys: Tensor, steps: int | None = None, extra: Params | None = None
+    ) -> Params:
         """All parameters with the fast ones adapted on one support set (torch.func; graph-free under no_grad)."""
         extra = tree_map(lambda t: t[0], self.sample_extras(1)) if extra is None else extra
-        return self.problem.adapt(params, xs, ys, extra, steps)
+        return self.problem.adapt(params, xs, ys, extra, steps, rule_params=self.meta_params(params))
 
 
 def _meta_grads(
-    learner: MetaLearner, meta: Params, fixed: Params, batch: Batch, extras: Any, tasks: int
+    learner: MetaLearner, meta: Params, fixed: Params, batch: Batch, extras: Params, tasks: int
 ) -> tuple[Params, Tensor]:
-    """(∂/∂meta of Σ_i L_i / tasks, Σ_i L_i) over the tasks i of ``batch``: ``learner`` called functionally."""
+    """(∂/∂meta of Σ_i L_i / tasks, Σ_i L_i) over the tasks i of ``batch``, L_i from the pure ``query_losses``."""
 
     def scaled_loss(meta: Params) -> tuple[Tensor, Tensor]:
-        losses = functional_call(learner, {**meta, **fixed}, (batch, extras))  # (tasks in batch,)
+        losses = query_losses(learner, {**meta, **fixed}, batch, extras)  # (tasks in batch,)
         return losses.sum() / tasks, losses.detach().sum()
 
     return grad(scaled_loss, has_aux=True)(meta)
