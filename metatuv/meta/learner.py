@@ -46,12 +46,13 @@ __all__ = [  # re-exported: their homes are meta/loop.py, meta/evaluation.py, me
 MODEL, RULE = "model.", "rule."  # a MetaLearner's children: names of meta-parameters start with one of them
 
 
-def query_losses(learner: MetaLearner, meta: Params, batch: Batch, extras: Params, **kw) -> Tensor:
+def query_losses(
+    learner: MetaLearner, meta: Params, batch: Batch, extras: Params, *, backend: str = "func", compile: bool = False
+) -> Tensor:
     """L_i(θ), the query loss of every task i after its inner loop, shape (tasks,): a pure function of all
     meta-parameters θ = ``meta`` by the learner's names (``model.0.U``, ``rule.lrs.0__U``); the step rule reads its
-    own from ``meta`` too. ``kw``: backend, compile (default: func, eager)."""
+    own from ``meta`` too. ``extras``: the tasks' mask noise (``learner.sample_extras``)."""
     model = {n[len(MODEL) :]: t for n, t in meta.items() if n.startswith(MODEL)}
-    backend, compile = kw.get("backend", "func"), kw.get("compile", False)
     return task_losses(learner.problem, model, batch, extras, backend, learner.vectorize, compile, rule_params=meta)
 
 
