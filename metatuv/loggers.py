@@ -2,8 +2,9 @@
 
 One JSON object per line: {"step": int, "time": seconds since start, <key>: value, ...}. Histograms (spectra)
 go to the JSONL as lists and to wandb as ``wandb.Histogram``; pictures as PNG paths / ``wandb.Image``.
-The wandb run and the picture rendering live on the logger's own thread (``Worker``): wandb's start-up (~2 s),
-every ``log``, the PNGs and most of ``finish`` overlap with meta-training and testing instead of stalling them.
+The wandb run and the picture rendering live on the logger's own thread (``Worker``): wandb's start-up,
+every ``log``, the PNGs and most of ``finish`` overlap with meta-training and testing instead of stalling them
+(measured: experiments/logging/README.md).
 """
 
 from __future__ import annotations
@@ -85,15 +86,20 @@ class RunLogger:
     ``finish(ok)``. Always writes ``<out_dir>/metrics.jsonl``; with ``init`` (returning a wandb run) also logs there.
     wandb calls and figure rendering run on the logger's own thread (``Worker``), off the meta-training loop."""
 
-    def __init__(self, out_dir: Path, init: Callable[[], Any] | None = None, wait: bool = False) -> None:
-        self.path = Path(out_dir) / "metrics.jsonl"
-        self.file = open(self.path, "a")  # appended: a resumed run continues the same file
+    def __init__(self, out_dir: Path | None, init: Callable[[], Any] | None = None, wait: bool = False) -> None:
+        """``out_dir=None``: log nothing (no file, no thread; ``NullLogger``)."""
+        if out_dir is None and init is not None:
+            raise ValueError("RunLogger: a wandb run needs an out_dir (its files and metrics.jsonl go there).")
+        self.path = None if out_dir is None else Path(out_dir) / "metrics.jsonl"
+        self.file = None if self.path is None else open(self.path, "a")  # appended: a resumed run continues it
         self.lock = threading.Lock()  # the worker writes image records too
         self.use_wandb = init is not None
-        self.worker: Worker | None = Worker(init or (lambda: None), wait)
+        self.worker: Worker | None = None if out_dir is None else Worker(init or (lambda: None), wait)
         self.start = time.perf_counter()
 
     def _write(self, record: dict) -> None:
+        if self.file is None:  # NullLogger
+            return
         line = json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
         with self.lock:
             self.file.write(line)
@@ -184,10 +190,7 @@ class NullLogger(RunLogger):
     """Logs nothing (ranks other than 0 in a distributed run)."""
 
     def __init__(self) -> None:
-        self.use_wandb, self.worker, self.start = False, None, time.perf_counter()
-
-    def _write(self, record: dict) -> None:
-        pass
+        super().__init__(None)
 
 
 def make_logger(
@@ -205,7 +208,7 @@ def make_logger(
 ) -> RunLogger:
     """``kind="none"``: JSONL only. ``kind="wandb"``: also ``wandb.init`` with the resolved ``config``, its files
     under ``<out_dir>/wandb`` (``mode="offline"`` needs no account or network; upload later with ``wandb sync``).
-    ``system_stats=False`` skips wandb's CPU/GPU sampling and git/metadata probes (init ~1 s faster, finish ~3 s).
+    ``system_stats=False`` skips wandb's CPU/GPU sampling and git/metadata probes (faster init and finish).
     ``wandb.init`` runs on the logger's own thread; only ``mode="online"`` waits for it (a login error at start).
     ``run_id``: the wandb run's id, resumed (``resume="allow"``) if it exists (see ``wandb_run_id``)."""
     if kind not in LOGGERS:

@@ -306,7 +306,8 @@ def test_kfo_step_is_psd_kronecker_transform_by_hand():
         "2.U": torch.randn(2, 12, dtype=D),
         "2.bias": torch.randn(2, dtype=D),
     }
-    delta = learner.rule.make_rule(learner.params(), {})(0, grads)
+    rule, params = learner.rule.transform(), learner.meta_params()
+    delta = rule.update(0, grads, rule.init(params, {}), params)
     k = {n: p.detach().numpy() for n, p in kfo.items()}
     L, R = k["2__U_l"].T @ k["2__U_l"], k["2__U_r"].T @ k["2__U_r"]
     np.testing.assert_allclose(delta["2.U"].detach().numpy(), 0.1 * L @ grads["2.U"].numpy() @ R, atol=1e-12)

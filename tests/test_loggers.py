@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import metatuv.train as train
-from metatuv.loggers import RunLogger, make_logger
+from metatuv.loggers import NullLogger, RunLogger, make_logger
 from metatuv.metric.summary import learned_metrics
 from metatuv.nn import TUVLinear
 from metatuv.train import CONF_DIR, run
@@ -118,6 +118,27 @@ def test_logger_none_writes_only_the_jsonl(tmp_path):
     assert rows[0]["step"] == 0 and rows[0]["metric/0/TT/cond"] == 1.0  # T = V = I before meta-training
     assert {r["step"] for r in rows if "summary" not in r} == {0, 10, 20}
     assert rows[-1]["summary"] and "test/MSE" in rows[-1]
+
+
+def test_null_logger_runs_the_base_init_and_writes_nothing(tmp_path, monkeypatch):
+    """NullLogger (ranks other than 0) is a RunLogger built by the base __init__: it holds every attribute a RunLogger
+    holds, starts no thread, and none of its methods writes a file or renders a figure."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    real = RunLogger(tmp_path / "real")
+    null = NullLogger()
+    assert set(vars(null)) == set(vars(real)) and null.worker is None and null.file is None
+    rendered = []
+    null.rewind(0)
+    null.log({"train/loss": 1.0}, 1)
+    null.histograms({"spectrum": [1.0, 2.0]}, 1)
+    null.figures(lambda: rendered.append(1) or {"p": tmp_path / "p.png"}, 1)
+    null.summary({"test/MSE": 0.5})
+    null.finish()
+    real.finish()
+    assert not rendered and [p.name for p in tmp_path.iterdir()] == ["real"]
+    with pytest.raises(ValueError, match="a wandb run needs an out_dir"):
+        RunLogger(None, init=lambda: None)
 
 
 def test_logging_does_not_change_training(tmp_path):

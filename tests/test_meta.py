@@ -7,8 +7,8 @@ import torch
 from conftest import random_factors
 from torch import nn
 
-from metatuv.meta import MetaLearner, meta_train
-from metatuv.nn import TUVLayer, TUVLinear, mlp
+from metatuv.meta import MetaLearner, meta_train, mse
+from metatuv.nn import TUVLayer, TUVLinear, mlp, tuvify
 
 D = torch.float64
 
@@ -98,6 +98,61 @@ def test_gradcheck_meta_loss_wrt_T_V_and_U_init():
 
     assert torch.autograd.gradcheck(meta_loss, inputs, eps=1e-6, atol=1e-7)
     assert torch.autograd.gradgradcheck(meta_loss, inputs, eps=1e-6, atol=1e-6)
+
+
+def every_quantity_learner(lr_mode, curvature, kfo):
+    """Conv and linear TUV layers with T, V and MT-net masks; every meta-parameter moved off its initial value."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(2, 3))
+    model = tuvify(net, use_T=True, use_V=True, use_mask=True).double()
+    learner = MetaLearner(model, mse, lr=0.3, steps=2, lr_mode=lr_mode, curvature=curvature, kfo=kfo)
+    with torch.no_grad():
+        for q in learner.parameters():
+            q.add_(0.3 * torch.randn_like(q))
+    return learner
+
+
+@pytest.mark.parametrize("lr_mode,curvature,kfo", [("metasgd", True, False), ("lslr", False, True)])
+def test_gradcheck_pure_meta_loss_over_every_learned_quantity(monkeypatch, lr_mode, curvature, kfo):
+    """gradcheck of meta_loss(learner, θ, batch, extras) over all of θ: T, V, U₀, b₀, mask logits (conv and linear
+    layers), Meta-SGD or LSLR rates, Meta-Curvature (M_o, M_i, M_f) or KFO factors — the step rule reads them
+    from θ, not from the module. The mask's straight-through sample is piecewise constant in its logit, so for
+    the finite differences it is replaced by its linearization at the unperturbed logit ζ₀:
+    1[σ((ζ₀+ℓ)/τ) > ½] − σ((ζ₀+ℓ)/τ) + σ((ζ+ℓ)/τ), equal in value and gradient at ζ₀ (asserted first)."""
+    import metatuv.inner.transforms as transforms
+    from metatuv.meta.learner import meta_loss
+
+    learner = every_quantity_learner(lr_mode, curvature, kfo)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(2, 3, 2, 2, 2, dtype=D, generator=g), torch.randn(2, 3, 3, dtype=D, generator=g),
+             torch.randn(2, 4, 2, 2, 2, dtype=D, generator=g), torch.randn(2, 4, 3, dtype=D, generator=g))  # fmt: skip
+    extras = learner.sample_extras(2, torch.Generator().manual_seed(2))
+    names = [n for n, _ in learner.named_parameters()]
+    wanted = {"model.0.T", "model.0.V", "model.0.U", "model.0.mask_logit", "model.3.T", "model.3.mask_logit"}
+    wanted |= {"rule.lrs.0__U", "rule.lrs.3__bias"}
+    wanted |= {"rule.curvature.0__U_o", "rule.curvature.0__U_i", "rule.curvature.0__U_f"} if curvature else set()
+    wanted |= {"rule.kfo.0__U_l", "rule.kfo.0__U_r", "rule.kfo.3__U_l", "rule.kfo.3__U_r"} if kfo else set()
+    assert wanted <= set(names)
+    inputs = tuple(p.detach().clone().requires_grad_() for _, p in learner.named_parameters())
+    buffers = dict(learner.named_buffers())
+
+    def loss(*flat):
+        return meta_loss(learner, {**dict(zip(names, flat, strict=True)), **buffers}, batch, extras)
+
+    exact = loss(*inputs)
+    exact_grads = torch.autograd.grad(exact, inputs)
+    frozen = {id(x): x.detach().clone() for n, x in zip(names, inputs, strict=True) if n.endswith("mask_logit")}
+
+    def linearized(logit, noise, temperature):
+        soft0 = torch.sigmoid((frozen[id(logit)] + noise) / temperature)
+        return (soft0 > 0.5).to(soft0.dtype) - soft0 + torch.sigmoid((logit + noise) / temperature)
+
+    monkeypatch.setattr(transforms, "mask_sample", linearized)
+    assert loss(*inputs).item() == pytest.approx(exact.item(), rel=1e-14)
+    for n, a, b in zip(names, torch.autograd.grad(loss(*inputs), inputs), exact_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), n
+        assert b.abs().max() > 1e-8, n  # every quantity gets a real gradient
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-7)
 
 
 def test_first_order_drops_second_order_term():

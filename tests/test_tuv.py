@@ -56,7 +56,7 @@ def test_seed_identities(layer):
     U_new = layer.U.detach() - alpha * gU
     W_new = compose(T, U_new, V)
     for Wn, W0, G_tap in zip(taps(W_new), taps(W.detach()), taps(G), strict=True):
-        expected = W0 - alpha * (T @ T.T) @ G_tap @ (V.T @ V)  # Eq. 2
+        expected = W0 - alpha * (T @ T.T) @ G_tap @ (V.T @ V)  # docs/derivation.md eq. 3
         assert torch.allclose(Wn, expected, atol=TOL, rtol=0)
         P = torch.kron(V.T @ V, T @ T.T)  # vec(ΔW) = −α (VᵀV ⊗ TTᵀ) vec(G)
         assert torch.allclose(vec(Wn - W0), -alpha * P @ vec(G_tap), atol=TOL, rtol=0)
@@ -75,10 +75,26 @@ def test_identity_factors_equal_plain_linear():
 
 def test_identity_factors_equal_plain_conv():
     plain = nn.Conv2d(3, 4, 3, stride=2, padding=1, dtype=D)
+    x = torch.randn(2, 3, 9, 9, dtype=D)
+    before = plain(x)  # tuvify converts in place: the plain layer's output is taken first
     tuv = tuvify(plain)
     assert isinstance(tuv, TUVConv2d) and torch.equal(tuv.T, torch.eye(4, dtype=D))
-    x = torch.randn(2, 3, 9, 9, dtype=D)
-    assert torch.allclose(tuv(x), plain(x), atol=TOL, rtol=0)
+    assert torch.allclose(tuv(x), before, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(3, 2, dtype=D), lambda: nn.Conv2d(2, 3, 3, dtype=D)])
+def test_tuvify_converts_a_bare_layer_in_place_and_returns_it(make):
+    """tuvify(layer) returns that same object, now a TUV layer; a frozen or already TUV layer comes back as it was."""
+    layer = make()
+    plain_type, weight = type(layer), layer.weight
+    out = tuvify(layer)
+    assert out is layer and isinstance(layer, TUVLinear | TUVConv2d) and isinstance(layer, plain_type)
+    assert layer.U is weight and [n for n, _ in layer.named_parameters()] == ["U", "T", "V", "bias"]
+    before = {n: p.clone() for n, p in layer.named_parameters()}
+    assert tuvify(layer, use_mask=True) is layer and layer.mask_logit is None  # already TUV: untouched
+    assert all(torch.equal(p, before[n]) for n, p in layer.named_parameters())
+    frozen = make().requires_grad_(False)
+    assert tuvify(frozen) is frozen and type(frozen) is plain_type
 
 
 def test_default_init_matches_torch_layer_distribution():

@@ -2,7 +2,8 @@
 # The one prepared device check, run ON the lent GPU machine with its own python (torch 2.11, no network).
 # Prepare first, here: `bash experiments/benchmark/prepare_gpu.sh` (it prints the exact device call).
 #
-#   bash experiments/benchmark/run_gpu.sh           # on the lent machine: everything below on CUDA, ~6 min
+#   bash experiments/benchmark/run_gpu.sh           # on the lent machine: everything below on CUDA (how long it
+#                                                   # took: experiments/benchmark/gpu-20261130/README.md)
 #   bash experiments/benchmark/run_gpu.sh --smoke   # here, on CPU: the same script end to end, tiny workloads,
 #                                                   # in a fresh environment holding only torch & co + the wheels
 #
@@ -13,7 +14,8 @@
 #   bench      bench.py, the three image workloads, every eager contender whose package imports, --check,
 #              the chunk-size sweep on the 20-way row
 #   train      metatuv-train end to end: Omniglot 5-way 1-shot on CUDA from the carried zips (--smoke: sinusoid)
-#   compiled   bench.py, metatuv beside metatuv-compiled on the same rows (compiling takes tens of seconds)
+#   compiled   bench.py, metatuv beside metatuv-compiled on the same rows, in a run of its own (compiling is slow:
+#              experiments/benchmark/gpu-20261130/README.md)
 #   maxpool    bench.py on peerbench's own Omniglot net (stride-1 convs + max-pool), beside the reference
 #   peer       .gpu/peerbench.py (../shared/tools/peerbench.py) on the same rows
 # Everything lands in $OUT (the device tool's folder; else experiments/benchmark/gpu-<date>/, or a temp dir for
@@ -105,9 +107,9 @@ if ((SMOKE)); then
   ROWS=omniglot-5w1s,omniglot-20w1s  # tuv only: every contender, the check, the chunk sweep, the JSON
   SIZE=(--smoke --presets tuv --repeats 1 --warmup 1)
   SCALE=3  # step timeouts ×3: a busy 2-core machine; the budget below still bounds the whole run
-  CROWS=""  # compiling on the CPU takes minutes (tests/test_compile.py covers it); on the GPU inductor uses triton
+  CROWS=""  # compiling on the CPU is slow (experiments/benchmark/RESULTS.md; tests/test_compile.py covers the path)
   PEER_SIZE=(--device cpu --tasks 2 --queries 1 --warmup 1 --repeats 1 --ch 8 --hw 28)
-  TRAIN=(benchmark=sinusoid debug=default device=cpu)  # the Omniglot zips decode in ~20 s: the GPU run only
+  TRAIN=(benchmark=sinusoid debug=default device=cpu)  # Omniglot decodes slowly (gpu-20261130/README.md): GPU only
   export METATUV_TEST_DEVICE=cpu
   GPU_TESTS=(-k "mlp and (tuv or maml)")
 else
@@ -133,7 +135,7 @@ if [[ -n $CROWS ]]; then
   step compiled 120 "$PYTHON" $BENCH --device $DEV --workloads $CROWS --contenders metatuv,metatuv-compiled --check \
     "${SIZE[@]}" --out "$WORK/compiled.json"
 else
-  log "compiled: not in --smoke (compiling on the CPU takes minutes; tests/test_compile.py covers the path)"
+  log "compiled: not in --smoke (compiling on the CPU is slow, experiments/benchmark/RESULTS.md; tests/test_compile.py covers the path)"
 fi
 step maxpool 25 "$PYTHON" $BENCH --device $DEV --workloads omniglot-5w1s --omniglot-pool max \
   --contenders func-vmap,metatuv --check "${SIZE[@]}" --out "$WORK/maxpool.json"

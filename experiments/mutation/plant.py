@@ -12,13 +12,13 @@ root = pathlib.Path(__file__).resolve().parents[2]  # the repository root
 BUGS = [
     (
         "1 evaluate adapts on the query set",
-        "metatuv/meta/learner.py",
+        "metatuv/meta/evaluation.py",
         "adapted = learner.adapt_task(params, xs, ys, steps, extra)",
         "adapted = learner.adapt_task(params, xq, yq, steps, extra)",
     ),
     (
         "2 CI with n instead of n-1",
-        "metatuv/meta/learner.py",
+        "metatuv/meta/evaluation.py",
         "values.std(unbiased=True)",
         "values.std(unbiased=False)",
     ),
@@ -28,7 +28,7 @@ BUGS = [
         'kw["first_order"] = kw.get("first_order", False) or preset.first_order',
         'kw["first_order"] = preset.first_order',
     ),
-    ("4 outer.clip ignored", "metatuv/meta/learner.py", "clip if clip is not None else math.inf", "math.inf"),
+    ("4 outer.clip ignored", "metatuv/meta/loop.py", "clip if clip is not None else math.inf", "math.inf"),
     (
         "5 rotate=train rotates every split",
         "metatuv/data/fewshot.py",
@@ -43,15 +43,15 @@ BUGS = [
     ),
     (
         "7 Meta-Curvature conv uses M_f, not M_f^T",
-        "metatuv/meta/rule.py",
-        "(g.flatten(2) @ Mf.T)",
-        "(g.flatten(2) @ Mf)",
+        "metatuv/inner/transforms.py",
+        "(g.flatten(2) @ params[factors[n][2]].T)",
+        "(g.flatten(2) @ params[factors[n][2]])",
     ),
     (
         "8 inner rule ignores mask_temperature",
         "metatuv/meta/rule.py",
-        "mask_sample(params[logit_name], noise[logit_name], self.temperature)",
-        "mask_sample(params[logit_name], noise[logit_name], 1.0)",
+        "steps.append(tf.mask(gates, self.temperature))",
+        "steps.append(tf.mask(gates, 1.0))",
     ),
 ]
 FILES = [

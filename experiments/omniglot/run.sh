@@ -8,7 +8,7 @@
 #   STEPS_5W=40000 STEPS_20W=40000 METATUV_JOBS=1 bash experiments/omniglot/run.sh    # the paper's length (GPU)
 # Two runs at a time on one thread each (hydra/launcher=parallel). Rerunning resumes each run from its checkpoint.
 # Extra arguments are Hydra overrides for every run, e.g. `bash experiments/omniglot/run.sh inner.compile=true`
-# (the compiled meta-step: 1.7x faster Omniglot 5w1s meta-steps on this CPU, experiments/benchmark/RESULTS.md).
+# (the compiled meta-step; its Omniglot 5w1s speed on this CPU: experiments/benchmark/RESULTS.md).
 set -euo pipefail
 SEEDS=${SEEDS:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} METATUV_JOBS=${METATUV_JOBS:-2}

@@ -7,8 +7,8 @@
 #   python experiments/sinusoid/summarize.py         # table.md and plots from experiments/sinusoid/runs/
 # Each run writes experiments/sinusoid/runs/<K>shot/<preset>/seed<s>/ (results.json = 10 test steps); afterwards
 # every run is also evaluated with 1 test step (eval-test-1steps-600tasks.json), the Meta-SGD paper's protocol.
-# Two runs at a time on one thread each (hydra/launcher=parallel, METATUV_JOBS=2): ~7 min per run on this CPU with
-# inner.compile=true (the compiled and eager meta-gradients agree to 1e-10, tests/test_compile.py).
+# Two runs at a time on one thread each (hydra/launcher=parallel, METATUV_JOBS=2) with inner.compile=true (the compiled
+# and eager meta-gradients agree to 1e-10, tests/test_compile.py); each run's time: train_seconds in records.json.
 set -euo pipefail
 SEEDS=${SEEDS:-0}
 export OMP_NUM_THREADS=1 METATUV_JOBS=${METATUV_JOBS:-2}

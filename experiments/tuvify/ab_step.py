@@ -17,7 +17,7 @@ def median_ms(preset: str, warmup: int = 20, steps: int = 1000) -> tuple[float, 
     p = get_preset(preset)
     torch.manual_seed(0)
     model = mlp((1, 40, 40, 1), use_T=p.use_T, use_V=p.use_V)
-    with torch.no_grad():  # T, V off the identity, as in bench.py
+    with torch.no_grad():  # T, V off the identity, as in experiments/benchmark/workloads.py
         for m in model.modules():
             if isinstance(m, TUVLayer):
                 for f in (m.T, m.V):

@@ -1,7 +1,8 @@
-"""adapt(): differentiable SGD on the fast parameters; backends func (loop | vmap), higher, learn2learn."""
+"""adapt(): differentiable SGD on the fast parameters; step rules as transforms; backends func, higher, learn2learn."""
 
 from metatuv.inner.backends import BACKENDS, VECTORIZE, TaskProblem, task_losses
 from metatuv.inner.sgd import Params, StepRule, adapt, sgd_rule, sgd_step
+from metatuv.inner.transforms import Transform, chain
 
 __all__ = [
     "BACKENDS",
@@ -9,7 +10,9 @@ __all__ = [
     "Params",
     "StepRule",
     "TaskProblem",
+    "Transform",
     "adapt",
+    "chain",
     "sgd_rule",
     "sgd_step",
     "task_losses",

@@ -1,17 +1,9 @@
 """Outer loop: meta-learner presets, the inner step rule, meta-training, evaluation."""
 
-from metatuv.meta.learner import (
-    MetaLearner,
-    NonFiniteLoss,
-    accuracy,
-    build_optimizer,
-    cross_entropy,
-    evaluate,
-    format_score,
-    mean_ci95,
-    meta_train,
-    mse,
-)
+from metatuv.meta.evaluation import evaluate, format_score, mean_ci95
+from metatuv.meta.learner import MetaLearner, meta_loss, query_losses
+from metatuv.meta.loop import NonFiniteLoss, build_optimizer, meta_train
+from metatuv.meta.losses import accuracy, cross_entropy, mse
 from metatuv.meta.presets import PRESETS, Preset, get_preset
 from metatuv.meta.rule import InnerRule, mask_sample
 
@@ -29,6 +21,8 @@ __all__ = [
     "mask_sample",
     "format_score",
     "mean_ci95",
+    "meta_loss",
     "meta_train",
     "mse",
+    "query_losses",
 ]

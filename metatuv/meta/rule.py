@@ -14,6 +14,8 @@
 - α_{n,k}: the fixed inner lr, or learned: Meta-SGD (Li et al. 2017; one rate per parameter entry) or LSLR
   (MAML++, Antoniou et al. 2019; one rate per parameter tensor and inner step; test-time steps beyond the
   trained ones reuse the last trained step's rate).
+
+Each factor is one transform of metatuv/inner/transforms.py; InnerRule holds their parameters and chains them.
 """
 
 from __future__ import annotations
@@ -21,25 +23,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metatuv.inner import Params, StepRule
+from metatuv.inner import transforms as tf
+from metatuv.inner.transforms import RATES, mask_sample
 from metatuv.nn import TUVLayer
 
-LR_MODES = ("fixed", "metasgd", "lslr")
+LR_MODES = RATES
+__all__ = ["LR_MODES", "InnerRule", "mask_sample"]
 
 
 def _key(name: str) -> str:
     return name.replace(".", "__")  # ParameterDict keys may not contain dots
 
 
-def mask_sample(logit: Tensor, noise: Tensor, temperature: float) -> Tensor:
-    """Hard straight-through sample of a two-class Gumbel-softmax: forward 0/1, backward σ'."""
-    soft = torch.sigmoid((logit + noise) / temperature)
-    hard = (soft > 0.5).to(soft.dtype)
-    return hard - soft.detach() + soft
-
-
 class InnerRule(nn.Module):
-    """Holds the rule's own meta parameters (learned rates, curvature) and builds each task's step rule."""
+    """Holds the rule's own meta parameters (learned rates, curvature, KFO factors); ``transform`` chains them."""
 
     def __init__(
         self,
@@ -59,6 +56,7 @@ class InnerRule(nn.Module):
             raise ValueError(f"mask_temperature={mask_temperature} must be > 0 (default 1.0).")
         params = dict(model.named_parameters())
         self.lr, self.lr_mode, self.temperature = lr, lr_mode, mask_temperature
+        self.fast_names = list(fast_names)
         self.lrs = nn.ParameterDict()
         if lr_mode == "metasgd":
             for n in fast_names:
@@ -107,52 +105,27 @@ class InnerRule(nn.Module):
             noise[name] = torch.log(u) - torch.log1p(-u)
         return noise
 
-    def masks(self, params: Params, noise: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One task's hard masks, per gated fast parameter, shaped to broadcast over it."""
-        out = {}
-        for logit_name, gated in self.masked.items():
-            m = mask_sample(params[logit_name], noise[logit_name], self.temperature)  # (units,)
-            for n in gated:
-                out[n] = m.view(-1, *([1] * (params[n].dim() - 1)))
-        return out
-
-    def _kfo(self, name: str, g: Tensor) -> Tensor:
-        """(AᵀA)·G·(BᵀB); a conv G (o, i, kh, kw) as o matrices (i, kh·kw)."""
-        k = _key(name)
-        A, B = self.kfo[k + "_l"], self.kfo[k + "_r"]
-        L, R = A.T @ A, B.T @ B
-        if g.dim() == 2:
-            return L @ g @ R
-        return (L @ g.flatten(2) @ R).view_as(g)
-
-    def _curve(self, name: str, g: Tensor) -> Tensor:
-        k = _key(name)
-        if k + "_l" in self.kfo:
-            return self._kfo(name, g)
-        if k + "_o" not in self.curvature:
-            return g
-        Mo, Mi = self.curvature[k + "_o"], self.curvature[k + "_i"]
-        if g.dim() == 2:
-            return Mo @ g @ Mi
-        g = torch.einsum("oa,abkl,bi->oikl", Mo, g, Mi)
-        Mf = self.curvature[k + "_f"]
-        return (g.flatten(2) @ Mf.T).view_as(g)
-
-    def _rate(self, name: str, k: int) -> Tensor | float:
-        if self.lr_mode == "fixed":
-            return self.lr
-        rate = self.lrs[_key(name)]
-        return rate if self.lr_mode == "metasgd" else rate[min(k, rate.numel() - 1)]
-
-    def make_rule(self, params: Params, noise: dict[str, Tensor]) -> StepRule:
-        masks = self.masks(params, noise) if self.masked else {}
-
-        def rule(k: int, grads: Params) -> Params:
-            out = {}
-            for n, g in grads.items():
-                if n in masks:
-                    g = masks[n] * g
-                out[n] = self._rate(n, k) * self._curve(n, g)
-            return out
-
-        return rule
+    def transform(self, model_prefix: str = "model.", prefix: str = "rule.") -> tf.Transform:
+        """chain(mask, curvature or kfo, rate) reading its parameters from a dict by the owner's names:
+        ``model_prefix`` + the model's mask-logit names, ``prefix`` + this module's parameter names (a
+        MetaLearner's defaults: ``model.0.mask_logit``, ``rule.lrs.0__U``). Each task's ``extra`` holds the mask
+        noise by model-relative logit name (``mask_noise``)."""
+        steps = []
+        if self.masked:
+            gates = {model_prefix + logit: (logit, gated) for logit, gated in self.masked.items()}
+            steps.append(tf.mask(gates, self.temperature))
+        curve, kron, keys = {}, {}, {}
+        for n in self.fast_names:
+            k = _key(n)
+            c = [f"{prefix}curvature.{k}{s}" for s in ("_o", "_i", "_f") if k + s in self.curvature]
+            if c:
+                curve[n] = tuple(c)
+            if k + "_l" in self.kfo:
+                kron[n] = (f"{prefix}kfo.{k}_l", f"{prefix}kfo.{k}_r")
+            keys[n] = f"{prefix}lrs.{k}"
+        if curve:
+            steps.append(tf.curvature(curve))
+        if kron:
+            steps.append(tf.kfo(kron))
+        steps.append(tf.rate(self.lr_mode, self.lr, keys))
+        return tf.chain(*steps)

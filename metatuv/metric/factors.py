@@ -1,4 +1,4 @@
-"""Kronecker factors of the preconditioner implied by W = T·U·V (seed, Eq. 2; Lee & Choi 2018).
+"""Kronecker factors of the preconditioner implied by W = T·U·V (docs/derivation.md, eq. 3–4; Lee & Choi 2018).
 
 An SGD step of size α on U gives W' = W − α·TTᵀ·G·VᵀV with G = ∂L/∂W, so with column-stacking vec
 vec(W' − W) = −α (VᵀV ⊗ TTᵀ) vec(G). For Conv2d the same holds for every kernel tap W[:, :, k, l].

@@ -2,7 +2,7 @@
 
 For the left factor TTᵀ (m×m) and the right factor VᵀV (n×n) of W = T·U·V (Lee & Choi 2018):
 condition number λmax/λmin, log-determinant Σ log λ, distance from the identity ‖F − I‖_F/√dim, and the
-effective largest step α·λmax(TTᵀ)·λmax(VᵀV) — the largest eigenvalue of α·(VᵀV ⊗ TTᵀ) (seed, Eq. 2).
+effective largest step α·λmax(TTᵀ)·λmax(VᵀV) — the largest eigenvalue of α·(VᵀV ⊗ TTᵀ) (docs/derivation.md, eq. 4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Bounded learned metrics (issue 20): T and V built from raw parameters so that, for ANY raw values, the inner
-step's preconditioner P = VᵀV ⊗ TTᵀ (vec ΔW = −α P vec G, seed Eq. 2) has λmax(P) < b, a per-layer bound.
+step's preconditioner P = VᵀV ⊗ TTᵀ (vec ΔW = −α P vec G, docs/derivation.md eq. 4 and section 9) has λmax(P) < b,
+a per-layer bound.
 
 Three designs (``bound=``); all start at T = V = I (so W = U, as the seed) and all keep W = T·U·V with only U
 adapting, so the inner step is still −α (VᵀV ⊗ TTᵀ) vec G, only with constrained factors:
@@ -145,11 +146,14 @@ def _convert(layer: TUVLayer, bound: str, max_eig: float) -> TUVLayer:
 
 
 def bound_factors(model: nn.Module, bound: str, max_eig: float) -> nn.Module:
-    """Replace (in place) every TUV layer that has a T or a V by its bounded form: λmax(VᵀV ⊗ TTᵀ) < ``max_eig``.
+    """Replace every TUV layer of ``model`` that has a T or a V by a bounded copy: λmax(VᵀV ⊗ TTᵀ) < ``max_eig``.
 
-    ``bound="none"`` returns ``model`` unchanged. The layers must be fresh (T = V = I); U, bias and MT-net mask
-    logits are kept; a layer registered under several names (tied) becomes one bounded layer under all of them.
-    Returns ``model`` (or the new layer, when ``model`` itself is a TUV layer).
+    Unlike ``tuvify`` this makes new layer objects: a deep copy of each layer (U, bias and MT-net mask logits keep
+    their values but are new Parameters) whose T and V are rebuilt from raw parameters, starting at T = V = I; the
+    copies are set into their parents in place, and a layer registered under several names (tied) becomes one
+    bounded layer under all of them. The layers must be fresh (T = V = I). Returns ``model``, or the new bounded
+    layer when ``model`` is itself such a layer (the argument is then left as it was); ``bound="none"`` returns
+    ``model`` unchanged.
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound={bound!r}; choose one of {list(BOUNDS)} (model.bound=...).")

@@ -1,0 +1,148 @@
+"""Each step-rule transform (metatuv/inner/transforms.py) against its equation, written out with numpy loops; chain
+applies them in order; InnerRule's chain reads the learner's own parameters under their state_dict names."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metatuv.inner.transforms import chain, curvature, kfo, mask, mask_sample, rate
+from metatuv.meta import MetaLearner, mse
+from metatuv.nn import tuvify
+
+D = torch.float64
+
+
+def rnd(*shape, seed=0):
+    return torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(seed))
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def apply(t, grads, params, extra=None, k=0):
+    return t.update(k, grads, t.init(params, extra or {}), params)
+
+
+def test_mask_multiplies_rows_by_the_hard_sample_and_passes_the_sigmoid_gradient():
+    """Δ = m ⊙ g along rows, m_o = 1[σ((ζ_o + ℓ_o)/τ) > ½]; ∂Σ(C ⊙ Δ)/∂ζ_o = Σ_row(C ⊙ g)·σ'((ζ_o + ℓ_o)/τ)/τ."""
+    tau = 0.7
+    zeta = rnd(3, seed=1).requires_grad_()
+    noise = rnd(3, seed=2)
+    grads = {"U": rnd(3, 4, seed=3), "bias": rnd(3, seed=4), "conv": rnd(3, 2, 2, 2, seed=5), "other": rnd(2, 2)}
+    t = mask({"z": ("zn", ["U", "bias", "conv"])}, tau)
+    out = apply(t, grads, {"z": zeta}, {"zn": noise})
+    z, n = zeta.detach().numpy(), noise.numpy()
+    m = (sigmoid((z + n) / tau) > 0.5).astype(float)
+    assert 0 < m.sum() < 3  # both an open and a closed unit
+    np.testing.assert_array_equal(out["U"].detach().numpy(), m[:, None] * grads["U"].numpy())
+    np.testing.assert_array_equal(out["bias"].detach().numpy(), m * grads["bias"].numpy())
+    np.testing.assert_array_equal(out["conv"].detach().numpy(), m[:, None, None, None] * grads["conv"].numpy())
+    assert out["other"] is grads["other"]
+    C = rnd(3, 4, seed=6)
+    (g_zeta,) = torch.autograd.grad((C * out["U"]).sum(), zeta)
+    s = sigmoid((z + n) / tau)
+    want = (C.numpy() * grads["U"].numpy()).sum(1) * s * (1 - s) / tau
+    np.testing.assert_allclose(g_zeta.numpy(), want, rtol=1e-12)
+
+
+def test_mask_state_is_drawn_once_per_task():
+    t = mask({"z": ("zn", ["U"])})
+    zeta, noise = rnd(4, seed=1), rnd(4, seed=2)
+    state = t.init({"z": zeta}, {"zn": noise})
+    torch.testing.assert_close(state["z"], mask_sample(zeta, noise, 1.0), rtol=0, atol=0)
+    g = {"U": rnd(4, 3)}
+    assert torch.equal(t.update(0, g, state, {})["U"], t.update(7, g, state, {})["U"])  # the same mask every step
+
+
+def test_meta_curvature_linear_and_conv():
+    """G ↦ M_o·G·M_i; a conv G (o, i, kh, kw): Σ_ab M_o[o,a]·G[a,b,s]·M_i[b,i], then ×₃ M_f: Σ_s M_f[t,s]·(·)[s]."""
+    Mo, Mi, Mf = rnd(3, 3, seed=1), rnd(2, 2, seed=2), rnd(4, 4, seed=3)
+    G2, G4 = rnd(3, 2, seed=4), rnd(3, 2, 2, 2, seed=5)
+    params = {"lo": Mo, "li": Mi, "co": Mo, "ci": Mi, "cf": Mf}
+    t = curvature({"W": ("lo", "li"), "K": ("co", "ci", "cf")})
+    out = apply(t, {"W": G2, "K": G4, "b": rnd(3)}, params)
+    mo, mi, mf = Mo.numpy(), Mi.numpy(), Mf.numpy()
+    np.testing.assert_allclose(out["W"].numpy(), mo @ G2.numpy() @ mi, rtol=1e-12)
+    g = G4.numpy().reshape(3, 2, 4)
+    want = np.zeros((3, 2, 4))
+    for o in range(3):
+        for i in range(2):
+            for tap in range(4):
+                mixed = [sum(mo[o, a] * g[a, b, s] * mi[b, i] for a in range(3) for b in range(2)) for s in range(4)]
+                want[o, i, tap] = sum(mf[tap, s] * mixed[s] for s in range(4))
+    np.testing.assert_allclose(out["K"].numpy(), want.reshape(3, 2, 2, 2), rtol=1e-10, atol=1e-12)
+    assert torch.equal(out["b"], rnd(3))  # no factors: unchanged
+
+
+def test_kfo_is_psd_kronecker_per_output_channel():
+    """G ↦ (AᵀA)·G·(BᵀB); a conv G (o, i, kh, kw) per output channel as an (i, kh·kw) matrix."""
+    A, B = rnd(3, 3, seed=1), rnd(2, 2, seed=2)
+    Ac, Bc = rnd(2, 2, seed=3), rnd(4, 4, seed=4)
+    G2, G4 = rnd(3, 2, seed=5), rnd(3, 2, 2, 2, seed=6)
+    t = kfo({"W": ("a", "b"), "K": ("ac", "bc")})
+    out = apply(t, {"W": G2, "K": G4, "bias": rnd(3)}, {"a": A, "b": B, "ac": Ac, "bc": Bc})
+    a, b, ac, bc = (x.numpy() for x in (A, B, Ac, Bc))
+    np.testing.assert_allclose(out["W"].numpy(), a.T @ a @ G2.numpy() @ b.T @ b, rtol=1e-12)
+    g = G4.numpy()
+    want = np.stack([ac.T @ ac @ g[o].reshape(2, 4) @ bc.T @ bc for o in range(3)]).reshape(3, 2, 2, 2)
+    np.testing.assert_allclose(out["K"].numpy(), want, rtol=1e-12)
+    assert torch.equal(out["bias"], rnd(3))
+
+
+def test_rates_fixed_metasgd_and_lslr_with_steps_beyond_the_trained_ones():
+    g = {"U": rnd(3, 2, seed=1), "bias": rnd(3, seed=2)}
+    fixed = apply(rate("fixed", 0.25), g, {})
+    for n in g:
+        np.testing.assert_allclose(fixed[n].numpy(), 0.25 * g[n].numpy(), rtol=1e-15)
+    per_entry = {"rU": rnd(3, 2, seed=3), "rb": rnd(3, seed=4)}
+    meta_sgd = apply(rate("metasgd", 0.25, {"U": "rU", "bias": "rb"}), g, per_entry)
+    np.testing.assert_allclose(meta_sgd["U"].numpy(), per_entry["rU"].numpy() * g["U"].numpy(), rtol=1e-15)
+    np.testing.assert_allclose(meta_sgd["bias"].numpy(), per_entry["rb"].numpy() * g["bias"].numpy(), rtol=1e-15)
+    per_step = {"rU": torch.tensor([0.1, 0.2, 0.3], dtype=D), "rb": torch.tensor([0.5, 0.6, 0.7], dtype=D)}
+    t = rate("lslr", 0.25, {"U": "rU", "bias": "rb"})
+    for k, want_u, want_b in [(0, 0.1, 0.5), (1, 0.2, 0.6), (2, 0.3, 0.7), (3, 0.3, 0.7), (9, 0.3, 0.7)]:
+        out = apply(t, g, per_step, k=k)
+        np.testing.assert_allclose(out["U"].numpy(), want_u * g["U"].numpy(), rtol=1e-15)
+        np.testing.assert_allclose(out["bias"].numpy(), want_b * g["bias"].numpy(), rtol=1e-15)
+    with pytest.raises(ValueError, match="lr_mode='adam'"):
+        rate("adam", 0.1)
+    with pytest.raises(ValueError, match="needs the params key"):
+        rate("lslr", 0.1)
+
+
+def test_chain_applies_in_order_and_keeps_each_state():
+    zeta, noise = rnd(3, seed=1), rnd(3, seed=2)
+    Mo, Mi, r = rnd(3, 3, seed=3), rnd(2, 2, seed=4), rnd(3, 2, seed=5)
+    params, extra = {"z": zeta, "mo": Mo, "mi": Mi, "r": r}, {"zn": noise}
+    parts = [mask({"z": ("zn", ["U"])}), curvature({"U": ("mo", "mi")}), rate("metasgd", 0.1, {"U": "r"})]
+    g = {"U": rnd(3, 2, seed=6)}
+    got = apply(chain(*parts), g, params, extra)["U"].numpy()
+    m = (sigmoid((zeta + noise).numpy()) > 0.5).astype(float)
+    want = r.numpy() * (Mo.numpy() @ (m[:, None] * g["U"].numpy()) @ Mi.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    other_order = apply(chain(parts[0], parts[2], parts[1]), g, params, extra)["U"].numpy()
+    assert not np.allclose(other_order, want)  # Meta-SGD rates do not commute with the curvature
+    assert len(chain(*parts).init(params, extra)) == 3
+
+
+def test_inner_rule_chain_reads_the_learners_own_parameters():
+    """MetaLearner's rule: the chain of mask, curvature and rate, under the unchanged state_dict names."""
+    torch.manual_seed(0)
+    model = tuvify(nn.Sequential(nn.Linear(2, 3)), use_T=True, use_V=True, use_mask=True).double()
+    learner = MetaLearner(model, mse, 0.1, 2, lr_mode="metasgd", curvature=True)
+    keys = {"rule.lrs.0__U", "rule.lrs.0__bias", "rule.curvature.0__U_o", "rule.curvature.0__U_i"}
+    assert keys <= set(learner.state_dict())
+    with torch.no_grad():
+        for q in learner.rule.parameters():
+            q.add_(0.3 * torch.randn_like(q))
+    extra = {k: v[0] for k, v in learner.sample_extras(1, torch.Generator().manual_seed(3)).items()}
+    grads = {"0.U": rnd(3, 2, seed=1), "0.bias": rnd(3, seed=2)}
+    delta = learner.problem.step_rule(learner.meta_params(), extra)(0, grads)
+    m = mask_sample(model[0].mask_logit, extra["0.mask_logit"], 1.0).detach().numpy()
+    c = {k: v.detach().numpy() for k, v in learner.rule.curvature.items()}
+    lr = {k: v.detach().numpy() for k, v in learner.rule.lrs.items()}
+    want_u = lr["0__U"] * (c["0__U_o"] @ (m[:, None] * grads["0.U"].numpy()) @ c["0__U_i"])
+    np.testing.assert_allclose(delta["0.U"].detach().numpy(), want_u, rtol=1e-12)
+    np.testing.assert_allclose(delta["0.bias"].detach().numpy(), lr["0__bias"] * m * grads["0.bias"].numpy())
