@@ -77,3 +77,41 @@ def test_bad_arguments_fail_with_one_line():
         step_scale(loss, fast, fast, tries=0)
     with pytest.raises(ValueError, match="steps=-1"):
         adapt_backtracking(loss, fast, -1, 0.1)
+
+
+def _sinusoid_learner(vectorize: str, lr: float):
+    from metatuv.meta import MetaLearner, get_preset
+    from metatuv.meta.losses import mse
+    from metatuv.nn import mlp
+
+    torch.manual_seed(0)
+    model = mlp([1, 40, 40, 1], True, True, False)
+    return MetaLearner.from_preset(model, get_preset("tuv"), mse, lr, 1, vectorize=vectorize)
+
+
+def _tasks(seed: int):
+    from metatuv.data.sinusoid import Sinusoid
+
+    return Sinusoid(10, 10).batches(5, seed, "cpu")
+
+
+@pytest.mark.parametrize("vectorize", ["loop", "vmap"])
+def test_evaluate_with_backtracking_stays_finite_where_plain_steps_blow_up(vectorize):
+    from metatuv.meta.evaluation import evaluate
+
+    learner = _sinusoid_learner(vectorize, lr=3.0)  # far too large: plain steps run away
+    plain = evaluate(learner, _tasks(1), tasks=10, steps=50, progress=False, per_task=True)[2]
+    safe = evaluate(learner, _tasks(1), tasks=10, steps=50, progress=False, per_task=True, backtrack=12)[2]
+    zero = evaluate(learner, _tasks(1), tasks=10, steps=0, progress=False, per_task=True)[2]
+    assert not torch.isfinite(plain).all() or plain.max() > 1e6
+    assert torch.isfinite(safe).all() and safe.mean() < zero.mean()
+
+
+def test_evaluate_backtracking_loop_equals_vmap_and_plain_when_steps_descend():
+    from metatuv.meta.evaluation import evaluate
+
+    loop = evaluate(_sinusoid_learner("loop", 0.01), _tasks(2), 10, 5, progress=False, per_task=True, backtrack=6)[2]
+    vmap_ = evaluate(_sinusoid_learner("vmap", 0.01), _tasks(2), 10, 5, progress=False, per_task=True, backtrack=6)[2]
+    torch.testing.assert_close(loop, vmap_, rtol=1e-5, atol=1e-6)
+    plain = evaluate(_sinusoid_learner("vmap", 0.01), _tasks(2), 10, 5, progress=False, per_task=True)[2]
+    torch.testing.assert_close(vmap_, plain, rtol=1e-5, atol=1e-6)  # α = 0.01: every full step descends

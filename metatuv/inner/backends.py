@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from metatuv.inner.backtrack import adapt_backtracking
 from metatuv.inner.sgd import Params, StepRule, adapt
 from metatuv.inner.transforms import Transform
 
@@ -72,8 +73,13 @@ class TaskProblem:
         extra: Params,
         steps: int | None = None,
         rule_params: Params | None = None,
+        backtrack: int = 0,
     ) -> Params:
-        """All parameters, with the fast ones adapted on one task's support set (torch.func)."""
+        """All parameters, with the fast ones adapted on one task's support set (torch.func).
+
+        ``backtrack > 0`` (evaluation only, graph-free): each step's length is backtracked over that many halvings so
+        the support loss never rises (metatuv.inner.backtrack).
+        """
         fast = {n: params[n] for n in self.fast_names}
 
         def support_loss(f: Params) -> Tensor:
@@ -81,6 +87,8 @@ class TaskProblem:
 
         steps = self.steps if steps is None else steps
         rule = self.step_rule(params if rule_params is None else rule_params, extra)
+        if backtrack:
+            return {**params, **adapt_backtracking(support_loss, fast, steps, rule, tries=backtrack)}
         return {**params, **adapt(support_loss, fast, steps, rule, self.first_order)}
 
     def query_loss(

@@ -23,7 +23,9 @@ from metatuv.inner.sgd import Params, StepRule, sgd_rule
 SHRINK = 0.5  # ρ
 
 
-def step_scale(loss_fn: Callable[[Params], Tensor], fast: Params, delta: Params, tries: int, shrink: float = SHRINK) -> Tensor:
+def step_scale(
+    loss_fn: Callable[[Params], Tensor], fast: Params, delta: Params, tries: int, shrink: float = SHRINK
+) -> Tensor:
     """s = the largest ρʲ (j < ``tries``) with a finite L(θ − ρʲ·Δ) ≤ L(θ), else 0; a 0-d tensor."""
     if tries < 1 or not 0 < shrink < 1:
         raise ValueError(f"step_scale: tries={tries} must be >= 1 and shrink={shrink} in (0, 1).")

@@ -44,21 +44,25 @@ def evaluate(
     progress: bool = True,
     seed: int = 0,
     per_task: bool = False,
+    backtrack: int = 0,
 ) -> tuple[float, float] | tuple[float, float, Tensor]:
     """Adapt on each test task's support set (graph-free, ``steps`` inner steps) and score its query set.
 
     Returns the mean of ``metric`` over ``tasks`` tasks and its 95% CI half-width (``per_task``: and the
     (tasks,) float64 tensor of the task scores, in stream order). Tasks are vmapped in chunks of
     ``learner.chunk_size`` (default: the whole batch) unless ``learner.vectorize == "loop"`` (one task at a time);
-    both give the same scores (tests/test_meta.py).
+    both give the same scores (tests/test_meta.py). ``backtrack > 0``: each inner step's length is halved up to that
+    many times until the support loss does not rise (metatuv.inner.backtrack; 0 = the plain steps of training).
     """
     if tasks < 2:
         raise ValueError(f"evaluate: tasks={tasks} must be >= 2 for a confidence interval.")
+    if backtrack < 0:
+        raise ValueError(f"evaluate: backtrack={backtrack} must be >= 0 (0 = plain inner steps).")
     generator = torch.Generator(device=next(learner.parameters()).device).manual_seed(seed + INNER_SEED_OFFSET)
     params = learner.params()
 
     def score(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, extra: Params) -> Tensor:
-        adapted = learner.adapt_task(params, xs, ys, steps, extra)
+        adapted = learner.adapt_task(params, xs, ys, steps, extra, backtrack)
         return metric(learner.problem.forward(adapted, xq), yq)
 
     scores: list[Tensor] = []  # one 1-d tensor of task scores per chunk

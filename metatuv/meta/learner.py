@@ -216,11 +216,20 @@ class MetaLearner(nn.Module):
         return loss_sum
 
     def adapt_task(
-        self, params: Params, xs: Tensor, ys: Tensor, steps: int | None = None, extra: Params | None = None
+        self,
+        params: Params,
+        xs: Tensor,
+        ys: Tensor,
+        steps: int | None = None,
+        extra: Params | None = None,
+        backtrack: int = 0,
     ) -> Params:
-        """All parameters with the fast ones adapted on one support set (torch.func; graph-free under no_grad)."""
+        """All parameters with the fast ones adapted on one support set (torch.func; graph-free under no_grad;
+        ``backtrack > 0``: step lengths backtracked so the support loss never rises, metatuv.inner.backtrack)."""
         extra = tree_map(lambda t: t[0], self.sample_extras(1)) if extra is None else extra
-        return self.problem.adapt(params, xs, ys, extra, steps, rule_params=self.meta_params(params))
+        return self.problem.adapt(
+            params, xs, ys, extra, steps, rule_params=self.meta_params(params), backtrack=backtrack
+        )
 
 
 def _meta_grads(
