@@ -23,20 +23,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from metatuv.build import REGRESSION, TEST_SEED_OFFSET, build_learner
 from metatuv.checkpoint import load_checkpoint, previous
 from metatuv.data import IMAGE_BENCHMARKS, preprocessor, read_episodes
 from metatuv.files import RunFileError, write_json
 from metatuv.meta import accuracy as metric_accuracy
 from metatuv.meta import evaluate
-from metatuv.train import (
-    CHECKPOINT,
-    DIVERGED_EXIT,
-    REGRESSION,
-    TEST_SEED_OFFSET,
-    build_learner,
-    score_text,
-    stored_config,
-)
+from metatuv.results import DIVERGED_EXIT, score_text
+from metatuv.runstate import CHECKPOINT, stored_config
 
 MIN_TASKS = 600  # the protocol of the papers we compare with; fewer only with --allow-few
 
