@@ -231,7 +231,7 @@ def test_model_name_builds_that_preset(preset):
 
 
 def test_validation_scores_use_logger_eval_tasks(tmp_path):
-    """logger.eval_every=1, logger.eval_tasks=3: the logged val/MSE is the trained network adapted by hand on the
+    """monitor.eval_every=1, monitor.eval_tasks=3: the logged val/MSE is the trained network adapted by hand on the
     first 3 validation tasks (stream seed + VAL_SEED_OFFSET, eval.batch at a time)."""
     import json
 
@@ -240,9 +240,9 @@ def test_validation_scores_use_logger_eval_tasks(tmp_path):
     cfg = cfg_of(
         "model=maml",
         "outer.steps=1",
-        "logger.every=1",
-        "logger.eval_every=1",
-        "logger.eval_tasks=3",
+        "monitor.every=1",
+        "monitor.eval_every=1",
+        "monitor.eval_tasks=3",
         "eval.tasks=2",
         "eval.batch=4",
         "eval.baseline=false",
@@ -285,7 +285,7 @@ def test_sinusoid_keys_shape_the_tasks():
         "benchmark.arch.sizes=[1,5,3,1]",
         "outer.meta_batch=5",
         "eval.batch=6",
-        "logger.eval_every=1",
+        "monitor.eval_every=1",
     )
     setup = build(cfg, build_learner(cfg)[1], with_val=True)
     for stream, tasks in ((setup.train, 5), (setup.observe, 5), (setup.test(), 6), (setup.val(), 6)):
@@ -366,7 +366,7 @@ def test_omniglot_keys_shape_the_episodes_and_the_network(data_root, cache_dir):
         "benchmark.arch.pool=max",
         "outer.meta_batch=2",
         "eval.batch=2",
-        "logger.eval_every=1",
+        "monitor.eval_every=1",
     )
     setup = build(cfg, build_learner(cfg)[1], with_val=True)
     splits = load_splits("omniglot", data_root, "maml", 28, cache_dir)

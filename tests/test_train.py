@@ -110,15 +110,15 @@ def test_vinyals_with_rotation_is_refused(tmp_path):
 @pytest.mark.parametrize("mode", ["statistics", "statistics_init"])
 def test_run_with_statistics_metric(tmp_path, monkeypatch, mode):
     """T, V from statistics: frozen (and re-estimated every `every` steps) or only initialized, then meta-learned."""
-    import metatuv.train as train
+    import metatuv.build as build_module
 
-    calls, real = [], train.reestimate
+    calls, real = [], build_module.reestimate
 
     def counting(model, *args):
         calls.append({n: p.requires_grad for n, p in model.named_parameters() if n.endswith((".T", ".V"))})
         return real(model, *args)
 
-    monkeypatch.setattr(train, "reestimate", counting)
+    monkeypatch.setattr(build_module, "reestimate", counting)
     results = run(small([f"metric={mode}", "metric.every=7"]), tmp_path)
     assert results["metric_mode"] == mode and results["test"] > 0
     assert len(calls) == (3 if mode == "statistics" else 1)  # steps 0, 7, 14 of 20 — or once
