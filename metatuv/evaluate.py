@@ -53,7 +53,7 @@ def evaluate_checkpoint(
         cfg.paths.data_root = data_root
     if split == "val" and cfg.benchmark.name in REGRESSION:
         raise ValueError(f"split=val: {cfg.benchmark.name} has no class splits; use split=test (fresh tasks).")
-    setup, _, learner = build_learner(cfg, eval_split=split)
+    setup, preset, learner = build_learner(cfg, eval_split=split)
     learner.load_state_dict(state["learner"])
     steps = cfg.inner.test_steps if steps is None else steps
     seed = cfg.seed + TEST_SEED_OFFSET if seed is None else seed
@@ -64,7 +64,7 @@ def evaluate_checkpoint(
         "checkpoint": str(path),
         "meta_step": state["step"],
         "benchmark": cfg.benchmark.name,
-        "preset": cfg.model.name,
+        "preset": preset.name,  # the preset, or a variant of it (metatuv.build.preset_of)
         "split": split,
         "metric": setup.metric_name,
         "tasks": tasks,
@@ -112,7 +112,7 @@ def evaluate_episodes(
         raise ValueError(
             f"--episodes scores image classification; this run's benchmark is {b.name} (use --tasks instead)."
         )
-    _, _, learner = build_learner(cfg, load_data=False)
+    _, preset, learner = build_learner(cfg, load_data=False)
     try:
         learner.load_state_dict(state["learner"])
     except RuntimeError as e:  # torch's message spans lines: keep its first
@@ -138,7 +138,7 @@ def evaluate_episodes(
         "checkpoint": str(path),
         "meta_step": state["step"],
         "benchmark": b.name,
-        "preset": cfg.model.name,
+        "preset": preset.name,  # the preset, or a variant of it (metatuv.build.preset_of)
         "episodes_dir": str(Path(episodes).expanduser().resolve()),
         "metric": "accuracy",
         "episodes": len(found),

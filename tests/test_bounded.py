@@ -212,7 +212,7 @@ def test_train_config_bound_option(tmp_path):
     """model.bound / model.max_step reach the model; misuse fails before training with one line."""
     from hydra import compose, initialize_config_dir
 
-    from metatuv.train import build_learner, validate
+    from metatuv.build import build_learner, validate
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):

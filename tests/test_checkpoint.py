@@ -30,8 +30,8 @@ from metatuv.checkpoint import main as ckpt_main
 from metatuv.evaluate import evaluate_checkpoint
 from metatuv.evaluate import main as eval_main
 from metatuv.meta import PRESETS, get_preset
-from metatuv.runstate import upgrade_config
-from metatuv.train import CHECKPOINT, CONF_DIR, run
+from metatuv.runstate import CHECKPOINT, upgrade_config
+from metatuv.train import CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 

@@ -10,16 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.func import functional_call
 
+from metatuv.build import STATS_SEED_OFFSET, TEST_SEED_OFFSET, build, build_learner, statistics_hook
 from metatuv.data import Polynomial, Sinusoid
-from metatuv.train import (
-    CONF_DIR,
-    STATS_SEED_OFFSET,
-    TEST_SEED_OFFSET,
-    build,
-    build_learner,
-    run,
-    statistics_hook,
-)
+from metatuv.train import CONF_DIR, run
 
 D = torch.float64
 TINY = ["benchmark.arch.sizes=[1,6,1]", "progress=false", "logger=none"]
@@ -235,7 +228,7 @@ def test_validation_scores_use_logger_eval_tasks(tmp_path):
     first 3 validation tasks (stream seed + VAL_SEED_OFFSET, eval.batch at a time)."""
     import json
 
-    from metatuv.train import VAL_SEED_OFFSET
+    from metatuv.build import VAL_SEED_OFFSET
 
     cfg = cfg_of(
         "model=maml",

@@ -14,13 +14,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from metatuv.build import build_learner
 from metatuv.checkpoint import save_checkpoint
 from metatuv.data import load_splits, read_episodes
 from metatuv.data import omniglot as og
 from metatuv.evaluate import evaluate_episodes
 from metatuv.evaluate import main as eval_main
 from metatuv.meta import accuracy, evaluate
-from metatuv.train import CHECKPOINT, CONF_DIR, build_learner
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR
 
 ALPHABETS = {"images_background": ("Latin", "Sanskrit"), "images_evaluation": ("Angelic",)}
 CHARS, DRAWINGS = 3, 4  # per alphabet, per character

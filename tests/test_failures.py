@@ -18,7 +18,9 @@ from hydra import compose, initialize_config_dir
 from metatuv.checkpoint import NonFiniteCheckpoint, first_nonfinite, load_checkpoint
 from metatuv.files import RunFileError
 from metatuv.meta import NonFiniteLoss
-from metatuv.train import CHECKPOINT, CONF_DIR, DIVERGED_EXIT, run
+from metatuv.results import DIVERGED_EXIT
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 

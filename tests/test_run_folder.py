@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from metatuv.checkpoint import previous
 from metatuv.loggers import RUN_ID_FILE
 from metatuv.runlock import LOCK_NAME, RunFolderBusy, acquire, release, run_folder_lock
-from metatuv.train import CHECKPOINT, CONF_DIR, run
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -85,6 +85,24 @@ def test_run_omniglot_prints_accuracy(tmp_path, data_root, cache_dir):
     assert "meta-test accuracy over 4 tasks (omniglot 5-way 1-shot" in summary(cfg, results)
 
 
+def test_train_keeps_the_names_other_code_imported_from_it():
+    """metatuv.train re-exports every name that moved to build / runstate / results (the shim)."""
+    import metatuv.build
+    import metatuv.results
+    import metatuv.runstate
+    import metatuv.train as train
+
+    moved = {
+        metatuv.build: "REGRESSION STATS_SEED_OFFSET TEST_SEED_OFFSET VAL_SEED_OFFSET build build_learner "
+        "statistics_hook validate",
+        metatuv.runstate: "CHECKPOINT stored_config",
+        metatuv.results: "DIVERGED_EXIT score_text",
+    }
+    for home, names in moved.items():
+        for name in names.split():
+            assert getattr(train, name) is getattr(home, name), name
+
+
 def test_missing_data_root_fails_with_one_clear_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="data root /nonexistent/x does not exist; set paths.data_root"):
         run(small(["benchmark=omniglot", "paths.data_root=/nonexistent/x"]), tmp_path)
@@ -137,9 +155,9 @@ def test_statistics_metric_needs_T_or_V(tmp_path):
 
 def test_bias_inside_T_key_builds_authors_layers(tmp_path):
     """model.bias_inside_T=true builds every layer as y = T(U·V·x + b) and trains; without T it fails in one line."""
+    from metatuv.build import build
     from metatuv.meta import get_preset
     from metatuv.nn import TUVLayer
-    from metatuv.train import build
 
     cfg = small(["model.bias_inside_T=true", "outer.steps=3", "eval.tasks=4"])
     layers = [m for m in build(cfg, get_preset("tuv")).model.modules() if isinstance(m, TUVLayer)]
