@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from metatuv.build import build_learner
 from metatuv.meta import PRESETS
 from metatuv.train import run
 
@@ -166,3 +167,33 @@ def test_bias_inside_T_key_builds_authors_layers(tmp_path):
     (tmp_path / "maml").mkdir()
     with pytest.raises(ValueError, match="model.bias_inside_T=true needs a preset with T"):
         run(small(["model=maml", "model.bias_inside_T=true"]), tmp_path / "maml")
+
+
+def test_zero_inner_steps_is_the_joint_training_baseline(tmp_path):
+    """inner.steps >= 0 and inner.test_steps >= 0, as the library allows: with no inner step the query loss of the
+    initialization is trained (the joint-training baseline); with no test-time step the test scores the
+    un-adapted network, so an un-meta-trained run scores exactly its baseline."""
+    before = build_learner(small(["model=tnet"]))[2].model.state_dict()
+    results = run(small(["model=tnet", "inner.steps=0", "outer.steps=3", "eval.tasks=4"]), tmp_path)
+    after = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert results["status"] == "ok" and results["test"] > 0
+    assert not torch.equal(after["model.0.U"], before["0.U"])  # trained on the query loss of the initialization
+    r0 = run(small(["model=tnet", "inner.test_steps=0", "outer.steps=0", "eval.tasks=4"]), tmp_path / "zero")
+    assert r0["test"] == r0["baseline"]  # no meta-training, no test-time step: both score the initialization
+
+
+def test_the_monitor_hook_can_be_wrapped(tmp_path):
+    """run(wrap=...) receives the monitor's after-step hook and what it returns is called after every meta-step."""
+    seen = []
+
+    def wrap(hook):
+        def log(step, losses):
+            seen.append((step, len(losses())))
+            hook(step, losses)
+
+        return log
+
+    run(small(["outer.steps=4", "eval.tasks=4", "monitor.every=2"]), tmp_path, wrap=wrap)
+    assert seen == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [2, 4]  # the wrapped hook still logged
