@@ -111,7 +111,7 @@ def _run(
 ) -> dict:
     """``saved``: the checkpoint to resume from and its path, already checked against ``cfg`` by ``run``."""
     rank, size = shard
-    cadence: MonitorConfig = OmegaConf.to_object(cfg.monitor)  # type: ignore[assignment]
+    cadence = MonitorConfig(**OmegaConf.to_container(cfg.monitor))  # type: ignore[arg-type]
     setup, preset, learner = build_learner(cfg, with_val=cadence.eval_every > 0)
     i, steps = cfg.inner, cfg.outer.steps
     baseline = copy.deepcopy(learner)
