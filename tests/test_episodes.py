@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
 
-from metatuv.build import build_learner
+from metatuv.build import build_learner, run_config
 from metatuv.checkpoint import save_checkpoint
 from metatuv.data import load_splits, read_episodes
 from metatuv.data import omniglot as og
@@ -206,7 +205,7 @@ def omniglot_checkpoint(folder, *overrides):
     setup, _, learner = build_learner(cfg, load_data=False)
     assert setup.train is None and setup.test is None  # no streams: nothing was read
     folder.mkdir(parents=True)
-    state = {"step": 7, "learner": learner.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    state = {"step": 7, "learner": learner.state_dict(), "config": run_config(cfg)}
     save_checkpoint(folder / CHECKPOINT, state)
     return cfg, learner
 
@@ -261,7 +260,7 @@ def test_metatuv_eval_episodes_refuses_a_regression_run(tmp_path):
         cfg = compose("config", ["logger=none"])  # sinusoid
     _, _, learner = build_learner(cfg, load_data=False)
     (tmp_path / "run").mkdir()
-    state = {"step": 1, "learner": learner.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    state = {"step": 1, "learner": learner.state_dict(), "config": run_config(cfg)}
     save_checkpoint(tmp_path / "run" / CHECKPOINT, state)
     write_episode(tmp_path / "eps", "e1", ["a", "b"], 1, 1, np.random.default_rng(0))
     with pytest.raises(SystemExit, match="^metatuv-eval: --episodes scores image classification; .* is sinusoid"):
