@@ -23,20 +23,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from metatuv.build import REGRESSION, TEST_SEED_OFFSET, build_learner
 from metatuv.checkpoint import load_checkpoint, previous
 from metatuv.data import IMAGE_BENCHMARKS, preprocessor, read_episodes
 from metatuv.files import RunFileError, write_json
 from metatuv.meta import accuracy as metric_accuracy
 from metatuv.meta import evaluate
-from metatuv.train import (
-    CHECKPOINT,
-    DIVERGED_EXIT,
-    REGRESSION,
-    TEST_SEED_OFFSET,
-    build_learner,
-    score_text,
-    stored_config,
-)
+from metatuv.results import DIVERGED_EXIT, score_text
+from metatuv.runstate import CHECKPOINT, stored_config
 
 MIN_TASKS = 600  # the protocol of the papers we compare with; fewer only with --allow-few
 
@@ -59,7 +53,7 @@ def evaluate_checkpoint(
         cfg.paths.data_root = data_root
     if split == "val" and cfg.benchmark.name in REGRESSION:
         raise ValueError(f"split=val: {cfg.benchmark.name} has no class splits; use split=test (fresh tasks).")
-    setup, _, learner = build_learner(cfg, eval_split=split)
+    setup, preset, learner = build_learner(cfg, eval_split=split)
     learner.load_state_dict(state["learner"])
     steps = cfg.inner.test_steps if steps is None else steps
     seed = cfg.seed + TEST_SEED_OFFSET if seed is None else seed
@@ -70,7 +64,7 @@ def evaluate_checkpoint(
         "checkpoint": str(path),
         "meta_step": state["step"],
         "benchmark": cfg.benchmark.name,
-        "preset": cfg.model.name,
+        "preset": preset.name,  # the preset, or a variant of it (metatuv.build.preset_of)
         "split": split,
         "metric": setup.metric_name,
         "tasks": tasks,
@@ -118,7 +112,7 @@ def evaluate_episodes(
         raise ValueError(
             f"--episodes scores image classification; this run's benchmark is {b.name} (use --tasks instead)."
         )
-    _, _, learner = build_learner(cfg, load_data=False)
+    _, preset, learner = build_learner(cfg, load_data=False)
     try:
         learner.load_state_dict(state["learner"])
     except RuntimeError as e:  # torch's message spans lines: keep its first
@@ -144,7 +138,7 @@ def evaluate_episodes(
         "checkpoint": str(path),
         "meta_step": state["step"],
         "benchmark": b.name,
-        "preset": cfg.model.name,
+        "preset": preset.name,  # the preset, or a variant of it (metatuv.build.preset_of)
         "episodes_dir": str(Path(episodes).expanduser().resolve()),
         "metric": "accuracy",
         "episodes": len(found),

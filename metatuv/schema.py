@@ -8,16 +8,46 @@ before any data is loaded. Group-specific keys (a benchmark's ``amplitude``, ``p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+from metatuv.data.fewshot import ROTATIONS
+from metatuv.data.omniglot import PROTOCOLS
+from metatuv.inner import BACKENDS, VECTORIZE
+from metatuv.loggers import LOGGERS, WANDB_MODES
+from metatuv.meta.learner import NONFINITE
+from metatuv.meta.rule import LR_MODES
+from metatuv.metric import MODES
+from metatuv.nn import BOUNDS
+from metatuv.nn.models import POOLS
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """A closed choice of the config as an Enum made from the library's own tuple (one list): a value outside it
+    fails when the config is composed, with Hydra's message naming the value and the choices."""
+    return StrEnum(name, [(v, v) for v in values])  # type: ignore[return-value]
+
+
+Backend = choices("Backend", BACKENDS)
+Vectorize = choices("Vectorize", VECTORIZE)
+NonFinite = choices("NonFinite", NONFINITE)
+Bound = choices("Bound", BOUNDS)
+LrMode = choices("LrMode", LR_MODES)
+MetricMode = choices("MetricMode", MODES)
+LoggerName = choices("LoggerName", LOGGERS)
+WandbMode = choices("WandbMode", WANDB_MODES)
+Rotate = choices("Rotate", ROTATIONS)
+Protocol = choices("Protocol", PROTOCOLS)
+Pool = choices("Pool", POOLS)
 
 
 @dataclass
 class ArchConfig:
     sizes: list[int] | None = None  # mlp layer widths (regression benchmarks)
     hidden: int | None = None  # conv4 filters (image benchmarks)
-    pool: str | None = None  # conv4 downsampling: stride | max
+    pool: Pool | None = None  # conv4 downsampling: stride | max
 
 
 @dataclass
@@ -26,10 +56,10 @@ class BenchmarkConfig:
     shots: int = 10
     queries: int = 10
     ways: int | None = None  # image benchmarks
-    protocol: str | None = None  # omniglot: vinyals | maml | background
+    protocol: Protocol | None = None  # omniglot: vinyals | maml | background
     split_dir: str | None = None  # omniglot: a folder of train/val/test.txt split lists (splits/vinyals/ format)
     image_size: int | None = None
-    rotate: str | None = None  # none | train | all
+    rotate: Rotate | None = None  # none | train | all
     amplitude: list[float] | None = None  # sinusoid
     phase: list[float] | None = None
     x_range: list[float] | None = None  # sinusoid, polynomial
@@ -43,8 +73,8 @@ class InnerConfig:
     steps: int = 1
     test_steps: int = 10
     first_order: bool = False
-    backend: str = "func"
-    vectorize: str = "auto"
+    backend: Backend = Backend.func
+    vectorize: Vectorize = Vectorize.auto
     chunk_size: int | None = None
     compile: bool = False
     mask_temperature: float = 1.0
@@ -56,16 +86,27 @@ class OuterConfig:
     meta_batch: int = 4
     steps: int = 4000
     clip: float | None = 10.0
-    nonfinite: str = "stop"  # NaN/Inf meta-loss: stop (keep the last checkpoint) | skip the meta-batch
+    nonfinite: NonFinite = NonFinite.stop  # NaN/Inf meta-loss: stop (keep the last checkpoint) | skip the meta-batch
     # the meta-optimizer, instantiated by the entry point as optimizer(params, lr=lr)
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.Adam", "_partial_": True})
 
 
 @dataclass
 class ModelConfig:
+    """The preset's fields (conf/model/<name>.yaml, metatuv.meta.presets.Preset): ``model=tnet model.lr_mode=metasgd``
+    is a T-net with learned rates. ``name`` is the preset these fields start from."""
+
     name: str = "tuv"
-    # bounded learned metric (issue 20, metatuv/nn/bounded.py): none | tanh | spectral | spectrum; null: the preset's
-    bound: str | None = None
+    use_T: bool = True
+    use_V: bool = True
+    use_mask: bool = False
+    lr_mode: LrMode = LrMode.fixed
+    curvature: bool = False
+    head_only: bool = False
+    first_order: bool = False  # forces first order when true (fomaml)
+    kfo: bool = False
+    # bounded learned metric (issue 20, metatuv/nn/bounded.py): none | tanh | spectral | spectrum; needs T or V
+    bound: Bound = Bound.none
     # the bound on every layer's largest effective step α·λmax(VᵀV ⊗ TTᵀ) (λmax(P) < max_step / inner.lr)
     max_step: float = 1.0
     bias_inside_T: bool = False  # true: y = T(U·V·x + b) as in Lee & Choi's code; false: y = T·U·V·x + b (README)
@@ -73,7 +114,7 @@ class ModelConfig:
 
 @dataclass
 class MetricConfig:
-    mode: str = "learned"
+    mode: MetricMode = MetricMode.learned
     damping: float = 0.1
     normalize: bool = True
     decay: float = 0.95
@@ -102,16 +143,26 @@ class CheckpointConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb | none (metrics.jsonl is always written)
+    name: LoggerName = LoggerName.wandb  # wandb | none (metrics.jsonl is always written)
     project: str = "metatuv"
     entity: str | None = None
-    mode: str = "offline"
+    mode: WandbMode = WandbMode.offline
     tags: list[str] = field(default_factory=list)
     system_stats: bool = False
+
+
+@dataclass
+class MonitorConfig:
+    """Cadence of what the run records while it trains (metatuv/monitor.py)."""
+
     every: int = 100  # meta-steps between learned-metric logs
     eval_every: int = 1000  # meta-steps between validation evaluations (0 = none)
-    eval_tasks: int = 100
-    images_every: int = 0  # PNGs every N meta-steps; 0 = at the end only; -1 = never
+    eval_tasks: int = 100  # tasks per validation evaluation
+    images_every: int = 0  # PNGs every N meta-steps; 0 = at the end only; -1 = never (logger=none sets -1)
+
+
+# keys that moved: old spelling -> new one (a command line or +key using the old one fails naming the new key)
+MOVED = {f"logger.{k}": f"monitor.{k}" for k in ("every", "eval_every", "eval_tasks", "images_every")}
 
 
 @dataclass
@@ -125,6 +176,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     seed: int = 0
     device: str = "cpu"
     progress: bool = True

@@ -211,8 +211,9 @@ def test_bound_factors_refuses_bad_values():
 def test_train_config_bound_option(tmp_path):
     """model.bound / model.max_step reach the model; misuse fails before training with one line."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
-    from metatuv.train import build_learner, validate
+    from metatuv.build import build_learner, validate
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base=None):
@@ -227,10 +228,12 @@ def test_train_config_bound_option(tmp_path):
         for bad, match in (
             (["model=maml", "model.bound=spectral"], "needs a preset with T or V"),
             (["model=tuv_bounded", "model.max_step=0.01", "inner.lr=0.1"], "model.max_step"),
-            (["model=tuv", "model.bound=clip"], "model.bound"),
         ):
             with pytest.raises(ValueError, match=match):
                 validate(compose("config", overrides=bad))
+        with pytest.raises(ConfigCompositionException) as e:  # a closed choice (schema.Bound): fails at composition
+            compose("config", overrides=["model=tuv", "model.bound=clip"])
+        assert "Invalid value 'clip', expected one of [none, tanh, spectral, spectrum]" in str(e.value.__cause__)
 
 
 # ---------------------------------------------------------------- kfo (MetaKFO) against learn2learn

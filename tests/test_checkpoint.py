@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
+from metatuv.build import PRESET_FIELDS
 from metatuv.checkpoint import (
     CheckpointError,
     UnsafeCheckpoint,
@@ -28,7 +29,9 @@ from metatuv.checkpoint import (
 from metatuv.checkpoint import main as ckpt_main
 from metatuv.evaluate import evaluate_checkpoint
 from metatuv.evaluate import main as eval_main
-from metatuv.train import CHECKPOINT, CONF_DIR, run
+from metatuv.meta import PRESETS, get_preset
+from metatuv.runstate import CHECKPOINT, upgrade_config
+from metatuv.train import CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 
@@ -344,7 +347,7 @@ def test_resume_with_a_moved_data_root_and_other_logging(tmp_path, capsys):
     a = run(cfg(8, "checkpoint.every=4"), whole)
     run(cfg(4, "paths.data_root=/old/data", "paths.cache_dir=/old/cache"), tmp_path)
     capsys.readouterr()
-    moved = ("paths.data_root=/new/data", "paths.cache_dir=/new/cache", "logger.every=1", "checkpoint.every=2")
+    moved = ("paths.data_root=/new/data", "paths.cache_dir=/new/cache", "monitor.every=1", "checkpoint.every=2")
     b = run(cfg(8, *moved, "progress=true"), tmp_path)
     assert "resuming from" in capsys.readouterr().out
     assert a["test"] == b["test"] and same_params(whole, tmp_path)
@@ -353,26 +356,43 @@ def test_resume_with_a_moved_data_root_and_other_logging(tmp_path, capsys):
 
 
 def test_a_run_written_before_the_new_model_keys_resumes(tmp_path, capsys):
-    """A checkpoint whose config predates model.bias_inside_T / bound / max_step and benchmark.split_dir resumes,
-    bit-identical to an uninterrupted run (the keys' absent values are the ones that reproduce it)."""
+    """A checkpoint whose config predates model.bias_inside_T / bound / max_step and benchmark.split_dir, the preset's
+    fields in model (only model.name) and the monitor node (logger.every, …) resumes, bit-identical to an
+    uninterrupted run (the keys' absent values are the ones that reproduce it), and metatuv-eval reads it."""
     whole = tmp_path / "whole"
     whole.mkdir()
-    a = run(cfg(8, "checkpoint.every=4"), whole)
-    run(cfg(4), tmp_path)
+    a = run(cfg(8, "checkpoint.every=4", "model=mtnet"), whole)
+    run(cfg(4, "model=mtnet"), tmp_path)
     state, _ = load_checkpoint(tmp_path / CHECKPOINT)
-    for group, key in (
-        ("model", "bias_inside_T"),
-        ("model", "bound"),
-        ("model", "max_step"),
-        ("benchmark", "split_dir"),
-    ):
-        state["config"][group].pop(key)
+    old = state["config"]
+    old["model"] = {"name": "mtnet"}
+    old["benchmark"].pop("split_dir")
+    old["logger"] |= old.pop("monitor")  # logger.every, logger.eval_every, … as runs before the monitor node wrote
+    assert old["logger"]["every"] == 100
     save_checkpoint(tmp_path / CHECKPOINT, state)
     assert evaluate_checkpoint(tmp_path, tasks=4, progress=False)["status"] == "ok"  # metatuv-eval reads it too
     capsys.readouterr()
-    b = run(cfg(8), tmp_path)
+    b = run(cfg(8, "model=mtnet"), tmp_path)
     assert "resuming from" in capsys.readouterr().out
     assert a["test"] == b["test"] and same_params(whole, tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_an_old_stored_config_gets_the_presets_fields_and_the_monitor_node(name):
+    """upgrade_config: model.name only (model.bound null: the preset's own) -> the preset's fields; logger.every,
+    eval_every, eval_tasks, images_every -> monitor.*; a field written explicitly is kept."""
+    old = {
+        "model": {"name": name, "bound": None, "max_step": 1.0},
+        "logger": {"name": "none", "every": 7, "eval_every": 0, "eval_tasks": 3, "images_every": -1},
+    }
+    new = upgrade_config(old)
+    p = get_preset(name)
+    assert {k: new["model"][k] for k in PRESET_FIELDS} == {k: getattr(p, k) for k in PRESET_FIELDS}
+    assert new["monitor"] == {"every": 7, "eval_every": 0, "eval_tasks": 3, "images_every": -1}
+    assert new["logger"] == {"name": "none"} and old["logger"]["every"] == 7  # the stored dict is not changed
+    assert new["model"]["bias_inside_T"] is False and new["benchmark"]["split_dir"] is None
+    kept = upgrade_config({"model": {"name": name, "bound": "spectral", "use_T": True}})
+    assert kept["model"]["bound"] == "spectral" and kept["model"]["use_T"] is True
 
 
 def test_a_refused_resume_opens_no_logger(tmp_path, monkeypatch):

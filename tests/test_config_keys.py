@@ -10,16 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.func import functional_call
 
+from metatuv.build import STATS_SEED_OFFSET, TEST_SEED_OFFSET, build, build_learner, statistics_hook
 from metatuv.data import Polynomial, Sinusoid
-from metatuv.train import (
-    CONF_DIR,
-    STATS_SEED_OFFSET,
-    TEST_SEED_OFFSET,
-    build,
-    build_learner,
-    run,
-    statistics_hook,
-)
+from metatuv.train import CONF_DIR, run
 
 D = torch.float64
 TINY = ["benchmark.arch.sizes=[1,6,1]", "progress=false", "logger=none"]
@@ -231,18 +224,18 @@ def test_model_name_builds_that_preset(preset):
 
 
 def test_validation_scores_use_logger_eval_tasks(tmp_path):
-    """logger.eval_every=1, logger.eval_tasks=3: the logged val/MSE is the trained network adapted by hand on the
+    """monitor.eval_every=1, monitor.eval_tasks=3: the logged val/MSE is the trained network adapted by hand on the
     first 3 validation tasks (stream seed + VAL_SEED_OFFSET, eval.batch at a time)."""
     import json
 
-    from metatuv.train import VAL_SEED_OFFSET
+    from metatuv.build import VAL_SEED_OFFSET
 
     cfg = cfg_of(
         "model=maml",
         "outer.steps=1",
-        "logger.every=1",
-        "logger.eval_every=1",
-        "logger.eval_tasks=3",
+        "monitor.every=1",
+        "monitor.eval_every=1",
+        "monitor.eval_tasks=3",
         "eval.tasks=2",
         "eval.batch=4",
         "eval.baseline=false",
@@ -285,7 +278,7 @@ def test_sinusoid_keys_shape_the_tasks():
         "benchmark.arch.sizes=[1,5,3,1]",
         "outer.meta_batch=5",
         "eval.batch=6",
-        "logger.eval_every=1",
+        "monitor.eval_every=1",
     )
     setup = build(cfg, build_learner(cfg)[1], with_val=True)
     for stream, tasks in ((setup.train, 5), (setup.observe, 5), (setup.test(), 6), (setup.val(), 6)):
@@ -366,7 +359,7 @@ def test_omniglot_keys_shape_the_episodes_and_the_network(data_root, cache_dir):
         "benchmark.arch.pool=max",
         "outer.meta_batch=2",
         "eval.batch=2",
-        "logger.eval_every=1",
+        "monitor.eval_every=1",
     )
     setup = build(cfg, build_learner(cfg)[1], with_val=True)
     splits = load_splits("omniglot", data_root, "maml", 28, cache_dir)

@@ -14,12 +14,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from metatuv.build import TEST_SEED_OFFSET, build_learner
 from metatuv.checkpoint import load_checkpoint
 from metatuv.data import EpisodeSampler, FewShot, load_splits
 from metatuv.data.omniglot import BACKGROUND_VAL_ALPHABETS, load_omniglot, omniglot_splits, preprocess
 from metatuv.meta import MetaLearner, accuracy, cross_entropy, evaluate, get_preset, meta_train
 from metatuv.nn import conv4
-from metatuv.train import CHECKPOINT, CONF_DIR, TEST_SEED_OFFSET, build_learner, run
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR, run
 
 pytestmark = pytest.mark.data
 BIN = Path(sys.executable).parent

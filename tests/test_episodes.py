@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
 
+from metatuv.build import build_learner, run_config
 from metatuv.checkpoint import save_checkpoint
 from metatuv.data import load_splits, read_episodes
 from metatuv.data import omniglot as og
 from metatuv.evaluate import evaluate_episodes
 from metatuv.evaluate import main as eval_main
 from metatuv.meta import accuracy, evaluate
-from metatuv.train import CHECKPOINT, CONF_DIR, build_learner
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR
 
 ALPHABETS = {"images_background": ("Latin", "Sanskrit"), "images_evaluation": ("Angelic",)}
 CHARS, DRAWINGS = 3, 4  # per alphabet, per character
@@ -204,7 +205,7 @@ def omniglot_checkpoint(folder, *overrides):
     setup, _, learner = build_learner(cfg, load_data=False)
     assert setup.train is None and setup.test is None  # no streams: nothing was read
     folder.mkdir(parents=True)
-    state = {"step": 7, "learner": learner.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    state = {"step": 7, "learner": learner.state_dict(), "config": run_config(cfg)}
     save_checkpoint(folder / CHECKPOINT, state)
     return cfg, learner
 
@@ -259,7 +260,7 @@ def test_metatuv_eval_episodes_refuses_a_regression_run(tmp_path):
         cfg = compose("config", ["logger=none"])  # sinusoid
     _, _, learner = build_learner(cfg, load_data=False)
     (tmp_path / "run").mkdir()
-    state = {"step": 1, "learner": learner.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    state = {"step": 1, "learner": learner.state_dict(), "config": run_config(cfg)}
     save_checkpoint(tmp_path / "run" / CHECKPOINT, state)
     write_episode(tmp_path / "eps", "e1", ["a", "b"], 1, 1, np.random.default_rng(0))
     with pytest.raises(SystemExit, match="^metatuv-eval: --episodes scores image classification; .* is sinusoid"):

@@ -18,7 +18,9 @@ from hydra import compose, initialize_config_dir
 from metatuv.checkpoint import NonFiniteCheckpoint, first_nonfinite, load_checkpoint
 from metatuv.files import RunFileError
 from metatuv.meta import NonFiniteLoss
-from metatuv.train import CHECKPOINT, CONF_DIR, DIVERGED_EXIT, run
+from metatuv.results import DIVERGED_EXIT
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 
@@ -30,9 +32,9 @@ def cfg(*overrides):
 
 def poison(monkeypatch, bad_steps):
     """Make the meta-loss NaN at the given (0-based) meta-steps by poisoning those meta-batches' targets."""
-    import metatuv.train as train
+    import metatuv.build as build_module
 
-    real = train.build
+    real = build_module.build
 
     def build(*args, **kwargs):
         setup = real(*args, **kwargs)
@@ -56,7 +58,7 @@ def poison(monkeypatch, bad_steps):
         setup.train = Poisoned()
         return setup
 
-    monkeypatch.setattr(train, "build", build)
+    monkeypatch.setattr(build_module, "build", build)
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -88,9 +90,10 @@ def test_skipping_gives_up_when_nothing_is_finite(tmp_path, monkeypatch):
         ("inner.lr=-0.1", r"inner.lr=-0.1 must be > 0"),
         ("outer.lr=0", r"outer.lr=0.0 must be > 0"),
         ("benchmark.shots=0", r"benchmark.shots=0 must be >= 1"),
-        ("inner.backend=jax", r"inner.backend='jax' is not one of \['func', 'higher', 'learn2learn'\]"),
+        ("inner.steps=-1", r"inner.steps=-1 must be >= 0"),
+        ("inner.test_steps=-1", r"inner.test_steps=-1 must be >= 0"),
         ("model.name=reptile", r"unknown preset 'reptile'"),
-        ("outer.nonfinite=ignore", r"outer.nonfinite='ignore' is not one of"),
+        ("+logger.every=5", r"^logger.every is now monitor.every; use monitor.every=\.\.\. instead\.$"),
         ("device=cuda:7", r"device=cuda:7 but CUDA is not available")
         if not torch.cuda.is_available()
         else ("outer.meta_batch=0", r"outer.meta_batch=0 must be >= 1"),
@@ -100,6 +103,79 @@ def test_bad_config_values_fail_at_start_with_one_line(tmp_path, override, messa
     with pytest.raises(ValueError, match=message):
         run(cfg(override), tmp_path)
     assert not (tmp_path / CHECKPOINT).exists()
+
+
+CHOICES = [  # (override, extra overrides): every closed choice of metatuv/schema.py, one bad value each
+    ("inner.backend=nope", []),
+    ("inner.vectorize=nope", []),
+    ("outer.nonfinite=nope", []),
+    ("model.bound=nope", []),
+    ("model.lr_mode=nope", []),
+    ("metric.mode=nope", []),
+    ("logger.name=nope", []),
+    ("logger.mode=nope", []),
+    ("benchmark.rotate=nope", ["benchmark=omniglot"]),
+    ("benchmark.protocol=nope", ["benchmark=omniglot"]),
+    ("benchmark.arch.pool=nope", ["benchmark=omniglot"]),
+]
+
+
+@pytest.mark.parametrize(("override", "extra"), CHOICES)
+def test_a_bad_choice_fails_at_composition_naming_the_value(override, extra):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        cfg(*extra, override)
+    cause = str(e.value.__cause__)
+    assert "Invalid value 'nope', expected one of [" in cause and override.split("=")[0] in cause
+
+
+def test_choices_are_the_librarys_own_lists():
+    from metatuv import schema
+    from metatuv.data.fewshot import ROTATIONS
+    from metatuv.data.omniglot import PROTOCOLS
+    from metatuv.inner import BACKENDS, VECTORIZE
+    from metatuv.loggers import LOGGERS, WANDB_MODES
+    from metatuv.meta.learner import NONFINITE
+    from metatuv.meta.rule import LR_MODES
+    from metatuv.metric import MODES
+    from metatuv.nn import BOUNDS
+    from metatuv.nn.models import POOLS
+
+    pairs = [
+        (schema.Backend, BACKENDS),
+        (schema.Vectorize, VECTORIZE),
+        (schema.NonFinite, NONFINITE),
+        (schema.Bound, BOUNDS),
+        (schema.LrMode, LR_MODES),
+        (schema.MetricMode, MODES),
+        (schema.LoggerName, LOGGERS),
+        (schema.WandbMode, WANDB_MODES),
+        (schema.Rotate, ROTATIONS),
+        (schema.Protocol, PROTOCOLS),
+        (schema.Pool, POOLS),
+    ]
+    for enum, values in pairs:
+        assert [e.value for e in enum] == list(values) and [e.name for e in enum] == list(values)
+
+
+def test_bad_choice_on_the_command_line_names_the_value(tmp_path):
+    exe = str(BIN / "metatuv-train")
+    out = subprocess.run(
+        [exe, "inner.backend=nope", "logger=none", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "Invalid value 'nope', expected one of [func, higher, learn2learn]" in out.stderr
+    assert "inner.backend" in out.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_moved_key_on_the_command_line_names_its_new_place(tmp_path):
+    exe, key = str(BIN / "metatuv-train"), "images_every"
+    out = subprocess.run([exe, f"logger.{key}=5", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"metatuv-train: error: logger.{key} is now monitor.{key}; use monitor.{key}=... instead."
+    ]
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
 
 
 def test_bad_config_on_the_command_line_prints_one_line(tmp_path):
@@ -194,10 +270,10 @@ def test_nan_in_metatuv_eval_is_null_and_exits_3(tmp_path, capsys):
         ("device=mps", r"^device=mps but MPS is not available here; use device=cpu")
         if not torch.backends.mps.is_available()
         else ("device=tpu", r"^device='tpu' is not a torch device"),
-        ("logger.every=-1", r"^logger.every=-1 must be >= 0"),
-        ("logger.eval_every=-5", r"^logger.eval_every=-5 must be >= 0"),
-        ("logger.images_every=-2", r"^logger.images_every=-2 must be >= -1"),
-        ("logger.eval_tasks=1", r"^logger.eval_tasks=1 must be >= 2"),
+        ("monitor.every=-1", r"^monitor.every=-1 must be >= 0"),
+        ("monitor.eval_every=-5", r"^monitor.eval_every=-5 must be >= 0"),
+        ("monitor.images_every=-2", r"^monitor.images_every=-2 must be >= -1"),
+        ("monitor.eval_tasks=1", r"^monitor.eval_tasks=1 must be >= 2"),
         ("eval.tasks=1", r"^eval.tasks=1 must be >= 2 \(a 95% CI needs two tasks"),
         ("metric.batches=0", r"^metric.batches=0 must be >= 1"),
         ("+outer.stpes=3", r"^outer.stpes is not a config key \(added with \+outer.stpes=\.\.\.\?\); did you mean "),

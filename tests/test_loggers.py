@@ -94,7 +94,8 @@ def test_wandb_offline_run_without_network(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     results = run(
-        cfg("model=mtuv", "logger=wandb", "logger.every=5", "logger.eval_every=10", "logger.images_every=10"), tmp_path
+        cfg("model=mtuv", "logger=wandb", "monitor.every=5", "monitor.eval_every=10", "monitor.images_every=10"),
+        tmp_path,
     )
     assert results["test"] > 0
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
@@ -112,7 +113,7 @@ def test_wandb_offline_run_without_network(tmp_path, monkeypatch):
 
 
 def test_logger_none_writes_only_the_jsonl(tmp_path):
-    run(cfg("logger=none", "logger.every=10"), tmp_path)
+    run(cfg("logger=none", "monitor.every=10"), tmp_path)
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "figures").exists()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[0]["metric/0/TT/cond"] == 1.0  # T = V = I before meta-training
@@ -144,8 +145,8 @@ def test_null_logger_runs_the_base_init_and_writes_nothing(tmp_path, monkeypatch
 def test_logging_does_not_change_training(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    ra = run(cfg("model=mtuv", "logger=none", "logger.every=1", "logger.eval_every=3"), a)
-    rb = run(cfg("model=mtuv", "logger=none", "logger.every=0", "logger.eval_every=0"), b)
+    ra = run(cfg("model=mtuv", "logger=none", "monitor.every=1", "monitor.eval_every=3"), a)
+    rb = run(cfg("model=mtuv", "logger=none", "monitor.every=0", "monitor.eval_every=0"), b)
     sa, sb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and ra["test"] == rb["test"]
 

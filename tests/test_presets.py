@@ -99,11 +99,30 @@ def test_presets_build_and_rules_are_documented():
     assert {"maml", "fomaml", "metasgd", "lslr", "anil", "metacurvature", "tnet", "mtnet", "tuv", "mtuv"} <= set(
         PRESETS
     )
-    assert all(p.rule for p in PRESETS.values())
     layer = mlp([2, 3], *[True, True, True])[0]
     assert isinstance(layer, TUVLinear) and layer.mask_logit.shape == (3,)
     with pytest.raises(ValueError, match="unknown preset 'mamlx'"):
         get_preset("mamlx")
+
+
+def test_model_config_files_hold_the_presets_fields():
+    """conf/model/<name>.yaml holds exactly get_preset(name)'s fields, one file per preset; build_learner's Preset
+    is made from them (so a field changed on the command line is a variant, named after what changed)."""
+    from hydra import compose, initialize_config_dir
+
+    from metatuv.build import PRESET_FIELDS, preset_of
+    from metatuv.train import CONF_DIR
+
+    assert {p.stem for p in (CONF_DIR / "model").glob("*.yaml")} == set(PRESETS)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for name, preset in PRESETS.items():
+            model = compose("config", [f"model={name}"]).model
+            assert {k: model[k] for k in PRESET_FIELDS} == {k: getattr(preset, k) for k in PRESET_FIELDS}, name
+            assert preset_of(model) == preset
+        variant = preset_of(compose("config", ["model=tnet", "model.lr_mode=metasgd"]).model)
+        assert (variant.name, variant.use_T, variant.lr_mode) == ("tnet[lr_mode=metasgd]", True, "metasgd")
+        with pytest.raises(ValueError, match=r"^model.bound=tanh needs a preset with T or V .*not maml\.$"):
+            preset_of(compose("config", ["model=maml", "model.bound=tanh"]).model)
 
 
 def test_bad_backend_fails_clearly():

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from metatuv.checkpoint import previous
 from metatuv.loggers import RUN_ID_FILE
 from metatuv.runlock import LOCK_NAME, RunFolderBusy, acquire, release, run_folder_lock
-from metatuv.train import CHECKPOINT, CONF_DIR, run
+from metatuv.runstate import CHECKPOINT
+from metatuv.train import CONF_DIR, run
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -103,7 +104,7 @@ def test_resumed_metrics_are_cut_back_to_the_checkpoint(tmp_path):
     uninterrupted run writes: every step once, one summary."""
     whole = tmp_path / "whole"
     whole.mkdir()
-    args = ("checkpoint.every=4", "logger.every=2")
+    args = ("checkpoint.every=4", "monitor.every=2")
     run(cfg(12, *args), whole)
     run(cfg(12, *args), tmp_path)
     (tmp_path / CHECKPOINT).unlink()  # the last checkpoint never made it; the logs did
@@ -120,14 +121,14 @@ def test_resumed_metrics_are_cut_back_to_the_checkpoint(tmp_path):
 
 def test_no_rows_without_values(tmp_path):
     """MAML has no learned metric and no spectra: no row holding only a step."""
-    run(cfg(6, "model=maml", "logger.every=2", "logger.images_every=0"), tmp_path)
+    run(cfg(6, "model=maml", "monitor.every=2", "monitor.images_every=0"), tmp_path)
     assert all(set(r) - {"step", "time"} for r in rows(tmp_path))
     assert [r["step"] for r in rows(tmp_path) if "train/loss" in r] == [2, 4, 6]
 
 
 def test_a_fresh_start_in_a_used_folder_starts_its_log_afresh(tmp_path):
-    run(cfg(6, "logger.every=2"), tmp_path)
-    run(cfg(4, "logger.every=2", "inner.lr=0.02", "checkpoint.resume=false"), tmp_path)
+    run(cfg(6, "monitor.every=2"), tmp_path)
+    run(cfg(4, "monitor.every=2", "inner.lr=0.02", "checkpoint.resume=false"), tmp_path)
     assert [r["step"] for r in rows(tmp_path) if "train/loss" in r] == [2, 4]
 
 
@@ -146,7 +147,7 @@ def wandb_run_ids(folder: Path) -> list[tuple[str, list[int]]]:
 
 def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    args = ("logger=wandb", "logger.every=2", "logger.eval_every=0", "logger.images_every=-1", "eval.baseline=false")
+    args = ("logger=wandb", "monitor.every=2", "monitor.eval_every=0", "monitor.images_every=-1", "eval.baseline=false")
     run(cfg(4, *args), tmp_path)
     time.sleep(1.1)  # wandb names offline folders by the second: two parts in one second would share a folder
     run(cfg(8, *args), tmp_path)  # resumes at step 4

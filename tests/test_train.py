@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from metatuv.build import build_learner
 from metatuv.meta import PRESETS
 from metatuv.train import run
 
@@ -85,6 +86,24 @@ def test_run_omniglot_prints_accuracy(tmp_path, data_root, cache_dir):
     assert "meta-test accuracy over 4 tasks (omniglot 5-way 1-shot" in summary(cfg, results)
 
 
+def test_train_keeps_the_names_other_code_imported_from_it():
+    """metatuv.train re-exports every name that moved to build / runstate / results (the shim)."""
+    import metatuv.build
+    import metatuv.results
+    import metatuv.runstate
+    import metatuv.train as train
+
+    moved = {
+        metatuv.build: "REGRESSION STATS_SEED_OFFSET TEST_SEED_OFFSET VAL_SEED_OFFSET build build_learner "
+        "statistics_hook validate",
+        metatuv.runstate: "CHECKPOINT stored_config",
+        metatuv.results: "DIVERGED_EXIT score_text",
+    }
+    for home, names in moved.items():
+        for name in names.split():
+            assert getattr(train, name) is getattr(home, name), name
+
+
 def test_missing_data_root_fails_with_one_clear_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="data root /nonexistent/x does not exist; set paths.data_root"):
         run(small(["benchmark=omniglot", "paths.data_root=/nonexistent/x"]), tmp_path)
@@ -110,15 +129,15 @@ def test_vinyals_with_rotation_is_refused(tmp_path):
 @pytest.mark.parametrize("mode", ["statistics", "statistics_init"])
 def test_run_with_statistics_metric(tmp_path, monkeypatch, mode):
     """T, V from statistics: frozen (and re-estimated every `every` steps) or only initialized, then meta-learned."""
-    import metatuv.train as train
+    import metatuv.build as build_module
 
-    calls, real = [], train.reestimate
+    calls, real = [], build_module.reestimate
 
     def counting(model, *args):
         calls.append({n: p.requires_grad for n, p in model.named_parameters() if n.endswith((".T", ".V"))})
         return real(model, *args)
 
-    monkeypatch.setattr(train, "reestimate", counting)
+    monkeypatch.setattr(build_module, "reestimate", counting)
     results = run(small([f"metric={mode}", "metric.every=7"]), tmp_path)
     assert results["metric_mode"] == mode and results["test"] > 0
     assert len(calls) == (3 if mode == "statistics" else 1)  # steps 0, 7, 14 of 20 — or once
@@ -137,9 +156,9 @@ def test_statistics_metric_needs_T_or_V(tmp_path):
 
 def test_bias_inside_T_key_builds_authors_layers(tmp_path):
     """model.bias_inside_T=true builds every layer as y = T(U·V·x + b) and trains; without T it fails in one line."""
+    from metatuv.build import build
     from metatuv.meta import get_preset
     from metatuv.nn import TUVLayer
-    from metatuv.train import build
 
     cfg = small(["model.bias_inside_T=true", "outer.steps=3", "eval.tasks=4"])
     layers = [m for m in build(cfg, get_preset("tuv")).model.modules() if isinstance(m, TUVLayer)]
@@ -148,3 +167,33 @@ def test_bias_inside_T_key_builds_authors_layers(tmp_path):
     (tmp_path / "maml").mkdir()
     with pytest.raises(ValueError, match="model.bias_inside_T=true needs a preset with T"):
         run(small(["model=maml", "model.bias_inside_T=true"]), tmp_path / "maml")
+
+
+def test_zero_inner_steps_is_the_joint_training_baseline(tmp_path):
+    """inner.steps >= 0 and inner.test_steps >= 0, as the library allows: with no inner step the query loss of the
+    initialization is trained (the joint-training baseline); with no test-time step the test scores the
+    un-adapted network, so an un-meta-trained run scores exactly its baseline."""
+    before = build_learner(small(["model=tnet"]))[2].model.state_dict()
+    results = run(small(["model=tnet", "inner.steps=0", "outer.steps=3", "eval.tasks=4"]), tmp_path)
+    after = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert results["status"] == "ok" and results["test"] > 0
+    assert not torch.equal(after["model.0.U"], before["0.U"])  # trained on the query loss of the initialization
+    r0 = run(small(["model=tnet", "inner.test_steps=0", "outer.steps=0", "eval.tasks=4"]), tmp_path / "zero")
+    assert r0["test"] == r0["baseline"]  # no meta-training, no test-time step: both score the initialization
+
+
+def test_the_monitor_hook_can_be_wrapped(tmp_path):
+    """run(wrap=...) receives the monitor's after-step hook and what it returns is called after every meta-step."""
+    seen = []
+
+    def wrap(hook):
+        def log(step, losses):
+            seen.append((step, len(losses())))
+            hook(step, losses)
+
+        return log
+
+    run(small(["outer.steps=4", "eval.tasks=4", "monitor.every=2"]), tmp_path, wrap=wrap)
+    assert seen == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [2, 4]  # the wrapped hook still logged

@@ -23,10 +23,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from metatuv.build import build_learner
 from metatuv.data import image_shape
 from metatuv.meta import build_optimizer
 from metatuv.schema import register
-from metatuv.train import build_learner
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

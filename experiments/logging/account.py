@@ -23,6 +23,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 import metatuv.loggers as loggers
+import metatuv.monitor as monitor
 import metatuv.train as train
 from metatuv.train import CONF_DIR, run
 
@@ -46,14 +47,10 @@ def timed(owner, name: str, key: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. logger.eval_every=0")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. monitor.eval_every=0")
     a = p.parse_args()
 
-    monitor = train.monitor
-
-    def timed_monitor(*args, **kwargs):
-        hook = monitor(*args, **kwargs)
-
+    def timed_monitor(hook):  # metatuv.train.run(wrap=...): the monitor's after-step hook, timed
         def log(step, losses):
             start = time.perf_counter()
             hook(step, losses)
@@ -61,8 +58,8 @@ def main() -> None:
 
         return log
 
-    train.monitor = timed_monitor
-    timed(train, "evaluate", "  of which evaluate (validation, then the meta-test)")
+    timed(monitor, "evaluate", "  of which evaluate (validation, then the meta-test)")  # validation
+    timed(train, "evaluate", "  of which evaluate (validation, then the meta-test)")  # the meta-test
     timed(loggers.RunLogger, "finish", "logger.finish wait (training thread)")
     timed(train, "open_logger", "open_logger (training thread)")
     work = loggers.Worker._work
@@ -80,7 +77,7 @@ def main() -> None:
         cfg = compose("config", [f"outer.steps={a.steps}", "progress=false", "eval.baseline=false", *a.overrides])
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        results = run(cfg, Path(out))
+        results = run(cfg, Path(out), wrap=timed_monitor)
         total = time.perf_counter() - start
     test = SPENT["  of which evaluate (validation, then the meta-test)"].pop()  # the meta-test is not logging
     print(f"run {total:.2f} s wall (meta-train {results['train_seconds']:.2f} s, meta-test {test:.2f} s)")

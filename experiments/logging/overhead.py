@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from metatuv.train import CONF_DIR, run
 
 SETTINGS = {
-    "no logging": ["logger=none", "logger.every=0", "logger.eval_every=0", "logger.images_every=-1"],
+    "no logging": ["logger=none", "monitor.every=0", "monitor.eval_every=0", "monitor.images_every=-1"],
     "logger=wandb (defaults)": ["logger=wandb"],
-    "logger=wandb, no validation": ["logger=wandb", "logger.eval_every=0"],
+    "logger=wandb, no validation": ["logger=wandb", "monitor.eval_every=0"],
 }
 
 

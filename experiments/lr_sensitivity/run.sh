@@ -9,7 +9,7 @@ set -euo pipefail
 SEEDS=${SEEDS:-0}
 export OMP_NUM_THREADS=1 METATUV_JOBS=${METATUV_JOBS:-2}
 metatuv-train -m hydra/launcher=parallel experiment=sinusoid_10shot model=maml,metasgd,tnet,mtnet,tuv,mtuv \
-  inner.lr=0.04,0.1 seed="$SEEDS" inner.compile=true progress=false eval.baseline=false logger.eval_every=0 \
+  inner.lr=0.04,0.1 seed="$SEEDS" inner.compile=true progress=false eval.baseline=false monitor.eval_every=0 \
   hydra.sweep.dir=experiments/lr_sensitivity/runs 'hydra.sweep.subdir=lr${inner.lr}/${model.name}/seed${seed}'
 for d in experiments/lr_sensitivity/runs/lr*/*/seed*/; do  # also 1 test step (the training condition)
   [ -f "$d/eval-test-1steps-600tasks.json" ] || metatuv-eval "$d" --steps 1 --tasks 600 --no-progress

@@ -12,7 +12,7 @@
 set -euo pipefail
 SEEDS=${SEEDS:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} METATUV_JOBS=${METATUV_JOBS:-2}
-common=(model=maml,tnet,mtnet,tuv seed="$SEEDS" progress=false eval.baseline=false logger.eval_every=0
+common=(model=maml,tnet,mtnet,tuv seed="$SEEDS" progress=false eval.baseline=false monitor.eval_every=0
   hydra.sweep.dir=experiments/omniglot/runs "$@")
 metatuv-train -m hydra/launcher=parallel experiment=omniglot_5w1s outer.steps="${STEPS_5W:-2500}" "${common[@]}" \
   'hydra.sweep.subdir=5w1s/${model.name}/seed${seed}'

@@ -23,11 +23,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from metatuv.build import build_learner  # noqa: E402
 from metatuv.checkpoint import load_checkpoint  # noqa: E402
 from metatuv.metric.factors import dense_preconditioner, factors  # noqa: E402
 from metatuv.metric.summary import tuv_layers  # noqa: E402
 from metatuv.nn.tuv import TUVLinear, compose  # noqa: E402
-from metatuv.train import CHECKPOINT, build_learner, stored_config  # noqa: E402
+from metatuv.runstate import CHECKPOINT, stored_config  # noqa: E402
 
 HERE = Path(__file__).parent
 

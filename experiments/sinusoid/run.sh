@@ -14,7 +14,7 @@ SEEDS=${SEEDS:-0}
 export OMP_NUM_THREADS=1 METATUV_JOBS=${METATUV_JOBS:-2}
 metatuv-train -m hydra/launcher=parallel \
   experiment=sinusoid_5shot,sinusoid_10shot,sinusoid_20shot model=maml,metasgd,tnet,mtnet,tuv,mtuv seed="$SEEDS" \
-  inner.compile=true progress=false eval.baseline=false logger.eval_every=0 \
+  inner.compile=true progress=false eval.baseline=false monitor.eval_every=0 \
   hydra.sweep.dir=experiments/sinusoid/runs 'hydra.sweep.subdir=${benchmark.shots}shot/${model.name}/seed${seed}'
 for d in experiments/sinusoid/runs/*shot/*/seed*/; do
   [ -f "$d/eval-test-1steps-600tasks.json" ] || metatuv-eval "$d" --steps 1 --tasks 600

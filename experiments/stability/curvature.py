@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch.func import grad, jvp
 
+from metatuv.build import build_learner
 from metatuv.checkpoint import load_checkpoint
-from metatuv.train import build_learner, stored_config
+from metatuv.runstate import stored_config
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ for k in $SHOTS; do
   # experiments/benchmark/RESULTS.md)
   metatuv-train -m hydra/launcher=parallel experiment=sinusoid_${k}shot model="$PRESETS" inner.lr="$ALPHAS" \
     model.max_step="$MAX_STEP" seed="$SEEDS" outer.steps="$STEPS" inner.compile=false progress=false eval.baseline=false logger=none \
-    logger.eval_every=0 checkpoint.every=0 hydra.sweep.dir=experiments/stability/runs \
+    monitor.eval_every=0 checkpoint.every=0 hydra.sweep.dir=experiments/stability/runs \
     'hydra.sweep.subdir=steps${outer.steps}/shots${benchmark.shots}/lr${inner.lr}/${model.name}/maxstep${model.max_step}/seed${seed}' || true
 done
 for d in experiments/stability/runs/steps*/shots*/lr*/*/maxstep*/seed*/; do  # also 50 and 1 test steps

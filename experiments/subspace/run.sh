@@ -7,5 +7,5 @@ set -euo pipefail
 SEEDS=${SEEDS:-0}
 export OMP_NUM_THREADS=1 METATUV_JOBS=${METATUV_JOBS:-2}
 metatuv-train -m hydra/launcher=parallel experiment=polynomial_order0,polynomial_order1,polynomial_order2 \
-  model=mtnet,mtuv seed="$SEEDS" inner.compile=true progress=false eval.baseline=false logger.eval_every=0 \
+  model=mtnet,mtuv seed="$SEEDS" inner.compile=true progress=false eval.baseline=false monitor.eval_every=0 \
   hydra.sweep.dir=experiments/subspace/runs 'hydra.sweep.subdir=order${benchmark.order}/${model.name}/seed${seed}'

@@ -12,6 +12,7 @@ from metatuv.data.images import decode
 from metatuv.data.stream import Stream
 
 IMAGE_BENCHMARKS = ("omniglot", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100")
+ROTATIONS = ("none", "train", "all")  # FewShot(rotate=...): none | training classes | every split
 LOCAL_LABELS = ("tiered-imagenet", "cifar-fs", "fc100")  # learn2learn numbers each split's classes from 0
 
 
@@ -143,7 +144,7 @@ class FewShot:
         rotate: str = "none",
         device: str | torch.device = "cpu",
     ) -> None:
-        if rotate not in ("none", "train", "all"):
+        if rotate not in ROTATIONS:
             raise ValueError(f"rotate={rotate!r}; use 'none', 'train' or 'all'.")
         self.samplers = {
             split: EpisodeSampler(

@@ -32,7 +32,6 @@ class Preset:
     curvature: bool = False
     head_only: bool = False
     first_order: bool = False  # forces first order when true
-    rule: str = ""
     bound: str = "none"  # none | tanh | spectral | spectrum (metatuv.nn.bounded); needs use_T or use_V
     kfo: bool = False  # MetaKFO: Δ = α·(AᵀA)·G·(BᵀB) on plain weights (metatuv.meta.rule)
 
@@ -40,24 +39,18 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("maml", rule="theta' = theta - a*g"),
-        Preset("fomaml", first_order=True, rule="theta' = theta - a*g (first order)"),
-        Preset("metasgd", lr_mode="metasgd", rule="theta' = theta - a_theta (.) g"),
-        Preset("lslr", lr_mode="lslr", rule="theta' = theta - a_{layer,step}*g"),
-        Preset("anil", head_only=True, rule="head' = head - a*g_head"),
-        Preset("metacurvature", curvature=True, rule="W' = W - a*Mo*G*Mi"),
-        Preset("tnet", use_T=True, rule="W' = W - a*TT^T*G"),
-        Preset("mtnet", use_T=True, use_mask=True, rule="W' = W - a*T*(m (.) T^T*G)"),
-        Preset("tuv", use_T=True, use_V=True, rule="W' = W - a*TT^T*G*V^TV"),
-        Preset("mtuv", use_T=True, use_V=True, use_mask=True, rule="W' = W - a*T*(m (.) T^T*G*V^T)*V"),
-        Preset(
-            "tuv_bounded",
-            use_T=True,
-            use_V=True,
-            bound="tanh",
-            rule="W' = W - a*TT^T*G*V^TV, T = T~*c*tanh(|T~|_2/c)/|T~|_2 (V alike), c = b^(1/4): lmax(P) < b",
-        ),
-        Preset("kfo", kfo=True, rule="W' = W - a*(A^TA)*G*(B^TB)"),
+        Preset("maml"),
+        Preset("fomaml", first_order=True),
+        Preset("metasgd", lr_mode="metasgd"),
+        Preset("lslr", lr_mode="lslr"),
+        Preset("anil", head_only=True),
+        Preset("metacurvature", curvature=True),
+        Preset("tnet", use_T=True),
+        Preset("mtnet", use_T=True, use_mask=True),
+        Preset("tuv", use_T=True, use_V=True),
+        Preset("mtuv", use_T=True, use_V=True, use_mask=True),
+        Preset("tuv_bounded", use_T=True, use_V=True, bound="tanh"),
+        Preset("kfo", kfo=True),
     )
 }
 

@@ -9,6 +9,8 @@ from torch import nn
 from metatuv.nn.norm import BatchNorm
 from metatuv.nn.tuv import tuvify
 
+POOLS = ("stride", "max")  # conv4 downsampling: stride-2 convs (Omniglot) | 2×2 max-pool (mini-ImageNet)
+
 
 def mlp(
     sizes: Sequence[int] = (1, 40, 40, 1),
@@ -44,7 +46,7 @@ def conv4(
     Omniglot: hidden=64, 28×28×1, ``pool="stride"`` (stride-2 convs, Finn et al.); mini-ImageNet: hidden=32,
     84×84×3, ``pool="max"`` (2×2 max-pool after each block). Batch norm is the primitive-op one (exact under vmap).
     """
-    if pool not in ("stride", "max"):
+    if pool not in POOLS:
         raise ValueError(f"conv4: pool={pool!r}; use 'stride' (Omniglot) or 'max' (mini-ImageNet).")
     layers: list[nn.Module] = []
     c, hw = in_channels, image_size
