@@ -50,7 +50,7 @@ def preset_of(model: DictConfig) -> Preset:
     """The Preset of the config's ``model`` node: its fields as written there (conf/model/<name>.yaml). Named after
     ``model.name`` (a preset), plus the fields where they differ from it, e.g. ``tnet[lr_mode=metasgd]``."""
     base = get_preset(model.name)  # unknown preset: its own one-line error
-    fields = {k: model[k] if isinstance(model[k], bool) else str(model[k]) for k in PRESET_FIELDS}
+    fields = {k: model[k] if isinstance(model[k], (bool, int)) else str(model[k]) for k in PRESET_FIELDS}
     changed = [f"{k}={str(v).lower()}" for k, v in fields.items() if v != getattr(base, k)]
     preset = Preset(f"{base.name}[{', '.join(changed)}]" if changed else base.name, **fields)
     if preset.bound != "none" and not (preset.use_T or preset.use_V):

@@ -3,13 +3,14 @@
     metatuv-eval outputs/2026-11-28/12-00-00              # the run folder (or its checkpoint.pt)
     metatuv-eval RUN --tasks 2000 --steps 10 --split val  # more episodes, other step count, validation classes
     metatuv-eval RUN --episodes DIR                       # your own episodes: DIR/<episode>/{support,query}/<class>/
+    metatuv-eval RUN --steps 50 --backtrack 8             # test-time steps that cannot diverge (inner/backtrack.py)
 
 The network, benchmark and inner loop are rebuilt from the resolved config stored in the checkpoint; prints the
-mean ± 95% CI and writes it to ``eval-<split>-<steps>steps-<tasks>tasks.json`` beside the checkpoint (strict JSON,
-written atomically). A non-finite score is written as ``null`` with ``"status": "diverged"``, and metatuv-eval
-exits with status 3 (``DIVERGED_EXIT``). With ``--episodes`` no dataset is read: each episode folder's support
-images adapt the network with the run's test-time inner loop, its query images are scored, and
-``eval-episodes-<DIR name>-<path digest>-<steps>steps.json`` holds the accuracy of every episode.
+mean ± 95% CI and writes it to ``eval-<split>-<steps>steps[-backtrack<N>]-<tasks>tasks.json`` beside the
+checkpoint (strict JSON, written atomically). A non-finite score is written as ``null`` with ``"status":
+"diverged"``, and metatuv-eval exits with status 3 (``DIVERGED_EXIT``). With ``--episodes`` no dataset is read:
+each episode folder's support images adapt the network with the run's test-time inner loop, its query images are
+scored, and ``eval-episodes-<DIR name>-<path digest>-<steps>steps.json`` holds the accuracy of every episode.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    backtrack: int | None = None,
 ) -> dict:
     """Mean ± 95% CI of the checkpoint's model over ``tasks`` episodes of ``split`` after ``steps`` inner steps."""
     if split not in ("test", "val"):
         raise ValueError(f"split={split!r}; choose test or val.")
-    state, path, cfg = _load(path, device)
+    state, path, cfg = _load(path, device, backtrack)
     if data_root is not None:
         cfg.paths.data_root = data_root
     if split == "val" and cfg.benchmark.name in REGRESSION:
@@ -69,17 +71,24 @@ def evaluate_checkpoint(
         "metric": setup.metric_name,
         "tasks": tasks,
         "inner_steps": steps,
+        "backtrack": learner.backtrack,
         "mean": mean if finite else None,  # strict JSON: a non-finite score is null
         "ci95": ci if finite else None,
     }
-    out = path.with_name(f"eval-{split}-{steps}steps-{tasks}tasks.json")
+    out = path.with_name(f"eval-{split}-{steps}steps{_bt(learner.backtrack)}-{tasks}tasks.json")
     write_json(out, result)
     result["written"] = str(out)
     return result
 
 
-def _load(path: Path, device: str | None) -> tuple[dict, Path, DictConfig]:
-    """The checkpoint's state, the file used, and its stored config (keys added since filled in; ``device`` set)."""
+def _bt(backtrack: int) -> str:
+    """The result file's name part for backtracked test-time steps ("" for plain steps)."""
+    return f"-backtrack{backtrack}" if backtrack else ""
+
+
+def _load(path: Path, device: str | None, backtrack: int | None = None) -> tuple[dict, Path, DictConfig]:
+    """The checkpoint's state, the file used, and its stored config (keys added since filled in; ``device`` and
+    ``model.backtrack`` set when given)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -89,6 +98,8 @@ def _load(path: Path, device: str | None) -> tuple[dict, Path, DictConfig]:
     cfg = stored_config(state["config"])
     if device is not None:
         cfg.device = device
+    if backtrack is not None:
+        cfg.model.backtrack = backtrack
     cfg.eval.baseline = False
     return state, path, cfg
 
@@ -100,13 +111,14 @@ def evaluate_episodes(
     seed: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    backtrack: int | None = None,
 ) -> dict:
     """Accuracy of the checkpoint's model on each episode folder under ``episodes`` (see metatuv.data.folders)
     after ``steps`` inner steps on its support set (default: the run's ``inner.test_steps``), their mean and 95% CI.
 
     Reads no dataset: the network is rebuilt from the checkpoint's config (``build_learner(load_data=False)``).
     """
-    state, path, cfg = _load(path, device)
+    state, path, cfg = _load(path, device, backtrack)
     b = cfg.benchmark
     if b.name not in IMAGE_BENCHMARKS:
         raise ValueError(
@@ -143,6 +155,7 @@ def evaluate_episodes(
         "metric": "accuracy",
         "episodes": len(found),
         "inner_steps": steps,
+        "backtrack": learner.backtrack,
         "mean": mean if finite else None,  # strict JSON: a non-finite score is null
         "ci95": ci if finite else None,
         "per_episode": [
@@ -159,7 +172,7 @@ def evaluate_episodes(
     where = Path(episodes).expanduser().resolve()  # name + digest of the full path: two DIRs never share a file
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", where.name) or "episodes"
     digest = hashlib.sha256(str(where).encode()).hexdigest()[:8]
-    out = path.with_name(f"eval-episodes-{label}-{digest}-{steps}steps.json")
+    out = path.with_name(f"eval-episodes-{label}-{digest}-{steps}steps{_bt(learner.backtrack)}.json")
     write_json(out, result)
     result["written"] = str(out)
     return result
@@ -171,6 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint", type=Path, help="a metatuv-train output folder, or its checkpoint.pt")
     p.add_argument("--tasks", type=int, default=MIN_TASKS, help=f"meta-test episodes (default {MIN_TASKS})")
     p.add_argument("--steps", type=int, default=None, help="inner steps (default: the run's inner.test_steps)")
+    p.add_argument(
+        "--backtrack",
+        type=int,
+        default=None,
+        help="halve each inner step up to N times until the support loss does not rise (0: plain steps; "
+        "default: the run's model.backtrack)",
+    )
     p.add_argument("--split", default="test", choices=["test", "val"], help="classes to draw episodes from")
     p.add_argument(
         "--episodes",
@@ -186,11 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.steps is not None and a.steps < 0:
         p.error(f"--steps={a.steps} must be >= 0.")
+    if a.backtrack is not None and a.backtrack < 0:
+        p.error(f"--backtrack={a.backtrack} must be >= 0 (0: plain inner steps).")
     if a.episodes is not None:
         if a.split != "test" or a.tasks != MIN_TASKS or a.data_root is not None:
             p.error("--episodes takes its tasks from DIR; drop --split, --tasks and --data-root.")
         try:
-            r = evaluate_episodes(a.checkpoint, a.episodes, a.steps, a.seed, a.device, progress=not a.no_progress)
+            r = evaluate_episodes(a.checkpoint, a.episodes, a.steps, a.seed, a.device, not a.no_progress, a.backtrack)
         except (FileNotFoundError, ValueError, RunFileError) as e:
             raise SystemExit(f"metatuv-eval: {e}") from None
         what = f"{r['benchmark']}: accuracy over the {r['episodes']} episodes of {r['episodes_dir']}"
@@ -205,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--steps={a.steps} must be >= 0.")
     try:
         r = evaluate_checkpoint(
-            a.checkpoint, a.tasks, a.steps, a.split, a.seed, a.data_root, a.device, progress=not a.no_progress
+            a.checkpoint, a.tasks, a.steps, a.split, a.seed, a.data_root, a.device, not a.no_progress, a.backtrack
         )
     except (FileNotFoundError, ValueError, RunFileError) as e:  # CheckpointError is a ValueError
         raise SystemExit(f"metatuv-eval: {e}") from None
@@ -215,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
 def _report(r: dict, what: str, metric: str) -> None:
     """The summary line and the file written; a diverged score exits with DIVERGED_EXIT after saying so."""
     print(
-        f"{r['preset']} at meta-step {r['meta_step']}, {what}, {r['inner_steps']} inner steps: "
+        f"{r['preset']} at meta-step {r['meta_step']}, {what}, {r['inner_steps']} inner steps"
+        f"{' (backtracked)' if r['backtrack'] else ''}: "
         f"{score_text(metric, r['mean'], r['ci95'])} (95% CI)"
     )
     print(f"written to {r['written']}")

@@ -31,10 +31,15 @@ def score_text(metric: str, mean: float | None, ci95: float | None) -> str:
     return "DIVERGED (not finite)" if mean is None else format_score(metric, mean, ci95)
 
 
-def summary_text(r: dict, benchmark: str, ways: int | None, shots: int, tasks: int, steps: int) -> str:
+def summary_text(
+    r: dict, benchmark: str, ways: int | None, shots: int, tasks: int, steps: int, backtrack: int = 0
+) -> str:
     """The meta-test lines metatuv-train prints: the meta-trained score and the baseline's, over ``tasks`` tasks."""
     task = f"{ways}-way {shots}-shot" if ways is not None else f"{shots}-shot"
-    lines = [f"meta-test {r['metric']} over {tasks} tasks ({benchmark} {task}, {steps} inner steps, 95% CI):"]
+    how = f"{steps} inner steps" + (
+        f", each halved up to {backtrack}x until the support loss does not rise" if backtrack else ""
+    )
+    lines = [f"meta-test {r['metric']} over {tasks} tasks ({benchmark} {task}, {how}, 95% CI):"]
     trained = f"{r['preset']}, meta-trained {r['meta_steps']} steps"
     lines.append(f"  {trained:<36} {score_text(r['metric'], r['test'], r['test_ci95'])}")
     if "baseline" in r:

@@ -49,12 +49,18 @@ RESUME_IGNORES = (
     "monitor",
     "outer.steps",
     "inner.compile",
+    "model.backtrack",  # test-time inner steps only (evaluation and validation)
 )
 
 
 # keys added after runs were written: their value when absent (the value that reproduces those runs); the preset's
 # fields (model.use_T, …, model.bound when null) come from get_preset(model.name), see ``stored_config``
-ADDED_KEYS = {"model.bias_inside_T": False, "model.max_step": 1.0, "benchmark.split_dir": None}
+ADDED_KEYS = {
+    "model.bias_inside_T": False,
+    "model.max_step": 1.0,
+    "model.backtrack": 0,  # runs before it: plain test-time steps (not the preset's value)
+    "benchmark.split_dir": None,
+}
 PRESET_KEYS = tuple(f"model.{name}" for name in Preset.__dataclass_fields__ if name != "name")
 
 
@@ -115,6 +121,9 @@ def check_same_run(saved: dict, config: dict, path: Path) -> None:
         return out
 
     old, new = flat(upgrade_config(saved)), flat(config)
+    for d in (old, new):  # metric.every is read only when T and V are re-estimated (metric.mode=statistics)
+        if d.get("metric.mode") != "statistics":
+            d.pop("metric.every", None)
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):
             raise ValueError(

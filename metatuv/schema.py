@@ -109,6 +109,9 @@ class ModelConfig:
     bound: Bound = Bound.none
     # the bound on every layer's largest effective step α·λmax(VᵀV ⊗ TTᵀ) (λmax(P) < max_step / inner.lr)
     max_step: float = 1.0
+    # test-time inner steps (evaluation, validation): each step's length halved up to this many times until the
+    # support loss does not rise, so adaptation cannot diverge (metatuv/inner/backtrack.py); 0 = plain steps
+    backtrack: int = 0
     bias_inside_T: bool = False  # true: y = T(U·V·x + b) as in Lee & Choi's code; false: y = T·U·V·x + b (README)
 
 

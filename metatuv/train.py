@@ -196,7 +196,7 @@ def _run(
 
 def summary(cfg: DictConfig, r: dict) -> str:
     b = cfg.benchmark
-    return summary_text(r, b.name, b.get("ways"), b.shots, cfg.eval.tasks, cfg.inner.test_steps)
+    return summary_text(r, b.name, b.get("ways"), b.shots, cfg.eval.tasks, cfg.inner.test_steps, cfg.model.backtrack)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

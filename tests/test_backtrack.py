@@ -115,3 +115,64 @@ def test_evaluate_backtracking_loop_equals_vmap_and_plain_when_steps_descend():
     torch.testing.assert_close(loop, vmap_, rtol=1e-5, atol=1e-6)
     plain = evaluate(_sinusoid_learner("vmap", 0.01), _tasks(2), 10, 5, progress=False, per_task=True)[2]
     torch.testing.assert_close(vmap_, plain, rtol=1e-5, atol=1e-6)  # α = 0.01: every full step descends
+
+
+def _cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from metatuv.train import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", ["device=cpu", *overrides])
+
+
+@pytest.mark.parametrize("preset, key, expected", [("tuv", None, 0), ("tuv_bounded", None, 8), ("tuv", 12, 12)])
+def test_model_backtrack_key_reaches_the_evaluation(preset, key, expected):
+    from metatuv.build import build_learner
+    from metatuv.meta.evaluation import evaluate
+
+    extra = [] if key is None else [f"model.backtrack={key}"]
+    setup, _, learner = build_learner(_cfg(f"model={preset}", "inner.lr=3.0", "model.max_step=30", *extra))
+    assert learner.backtrack == expected
+    scores = evaluate(learner, setup.test(), 10, 30, setup.metric, False, per_task=True)[2]
+    plain = evaluate(learner, setup.test(), 10, 30, setup.metric, False, per_task=True, backtrack=0)[2]
+    assert not torch.isfinite(plain).all() or plain.max() > 1e6  # α = 3 on sinusoid: plain steps run away
+    if expected:
+        assert torch.isfinite(scores).all() and scores.max() < 1e3
+    else:
+        torch.testing.assert_close(scores, plain, equal_nan=True)
+
+
+def test_old_runs_keep_plain_steps_and_backtrack_may_change_on_resume(tmp_path):
+    from metatuv.build import run_config
+    from metatuv.runstate import check_same_run, upgrade_config
+
+    saved = run_config(_cfg("model=tuv_bounded"))
+    del saved["model"]["backtrack"]  # a run written before the key existed
+    assert upgrade_config(saved)["model"]["backtrack"] == 0  # what it was evaluated with, not the preset's 8
+    check_same_run(saved, run_config(_cfg("model=tuv_bounded", "model.backtrack=3")), tmp_path)  # no error
+
+
+def test_metric_every_matters_for_resume_only_when_re_estimating(tmp_path):
+    from metatuv.build import run_config
+    from metatuv.runstate import check_same_run
+
+    saved = run_config(_cfg("model=tuv", "metric=statistics_init"))
+    saved["metric"]["every"] = 0  # what conf/metric/statistics_init.yaml held before the unused key was dropped
+    check_same_run(saved, run_config(_cfg("model=tuv", "metric=statistics_init")), tmp_path)  # no error
+    saved = run_config(_cfg("model=tuv", "metric=statistics"))
+    with pytest.raises(ValueError, match="metric.every=7"):
+        check_same_run(saved, run_config(_cfg("model=tuv", "metric=statistics", "metric.every=7")), tmp_path)
+
+
+def test_metatuv_eval_backtrack_flag_writes_its_own_file(tmp_path, capsys):
+    from metatuv.evaluate import main as eval_main
+    from metatuv.train import run
+
+    out = tmp_path / "run"
+    run(_cfg("model=tuv", "debug=default"), out)
+    eval_main([str(out), "--allow-few", "--tasks", "4", "--steps", "3", "--backtrack", "5", "--no-progress"])
+    text = capsys.readouterr().out
+    assert "3 inner steps (backtracked)" in text
+    assert (out / "eval-test-3steps-backtrack5-4tasks.json").is_file()
+    assert '"backtrack": 5' in (out / "eval-test-3steps-backtrack5-4tasks.json").read_text()

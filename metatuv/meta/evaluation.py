@@ -44,7 +44,7 @@ def evaluate(
     progress: bool = True,
     seed: int = 0,
     per_task: bool = False,
-    backtrack: int = 0,
+    backtrack: int | None = None,
 ) -> tuple[float, float] | tuple[float, float, Tensor]:
     """Adapt on each test task's support set (graph-free, ``steps`` inner steps) and score its query set.
 
@@ -52,10 +52,12 @@ def evaluate(
     (tasks,) float64 tensor of the task scores, in stream order). Tasks are vmapped in chunks of
     ``learner.chunk_size`` (default: the whole batch) unless ``learner.vectorize == "loop"`` (one task at a time);
     both give the same scores (tests/test_meta.py). ``backtrack > 0``: each inner step's length is halved up to that
-    many times until the support loss does not rise (metatuv.inner.backtrack; 0 = the plain steps of training).
+    many times until the support loss does not rise (metatuv.inner.backtrack; 0 = the plain steps of training;
+    None = the learner's own, ``learner.backtrack``, which a preset sets: tuv_bounded 8, the others 0).
     """
     if tasks < 2:
         raise ValueError(f"evaluate: tasks={tasks} must be >= 2 for a confidence interval.")
+    backtrack = learner.backtrack if backtrack is None else backtrack
     if backtrack < 0:
         raise ValueError(f"evaluate: backtrack={backtrack} must be >= 0 (0 = plain inner steps).")
     generator = torch.Generator(device=next(learner.parameters()).device).manual_seed(seed + INNER_SEED_OFFSET)

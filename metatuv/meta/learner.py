@@ -86,8 +86,11 @@ class MetaLearner(nn.Module):
         vectorize: str = "auto",
         chunk_size: int | None = None,
         compile: bool = False,
+        backtrack: int = 0,
     ) -> None:
         super().__init__()
+        if backtrack < 0:
+            raise ValueError(f"MetaLearner: backtrack={backtrack} must be >= 0 (0 = plain test-time inner steps).")
         if lr <= 0 or steps < 0:
             raise ValueError(f"MetaLearner: inner lr={lr} must be > 0 and steps={steps} >= 0.")
         if backend not in BACKENDS or vectorize not in VECTORIZE:
@@ -104,6 +107,7 @@ class MetaLearner(nn.Module):
         self.rule = InnerRule(model, self.fast_names, lr, steps, lr_mode, curvature, mask_temperature, kfo)
         self.problem = TaskProblem(model, loss, self.fast_names, steps, first_order, self.rule.transform(MODEL, RULE))
         self.backend, self.vectorize, self.chunk_size, self.compile = backend, vectorize, chunk_size, compile
+        self.backtrack = backtrack  # evaluate()'s default: halvings of each test-time step (metatuv.inner.backtrack)
         self._compiled: dict = {}  # this learner's own compiled meta-gradient (inner.backends.compiled)
 
     @classmethod
@@ -116,6 +120,7 @@ class MetaLearner(nn.Module):
                 f"metatuv.nn.bound_factors(model, {preset.bound!r}, max_step / lr) first (metatuv-train does)."
             )
         kw["first_order"] = kw.get("first_order", False) or preset.first_order
+        kw.setdefault("backtrack", preset.backtrack)
         return cls(
             model,
             loss,

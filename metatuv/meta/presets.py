@@ -34,6 +34,7 @@ class Preset:
     first_order: bool = False  # forces first order when true
     bound: str = "none"  # none | tanh | spectral | spectrum (metatuv.nn.bounded); needs use_T or use_V
     kfo: bool = False  # MetaKFO: Δ = α·(AᵀA)·G·(BᵀB) on plain weights (metatuv.meta.rule)
+    backtrack: int = 0  # test-time steps: halvings tried so the support loss never rises (metatuv.inner.backtrack)
 
 
 PRESETS: dict[str, Preset] = {
@@ -49,7 +50,7 @@ PRESETS: dict[str, Preset] = {
         Preset("mtnet", use_T=True, use_mask=True),
         Preset("tuv", use_T=True, use_V=True),
         Preset("mtuv", use_T=True, use_V=True, use_mask=True),
-        Preset("tuv_bounded", use_T=True, use_V=True, bound="tanh"),
+        Preset("tuv_bounded", use_T=True, use_V=True, bound="tanh", backtrack=8),
         Preset("kfo", kfo=True),
     )
 }
