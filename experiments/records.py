@@ -32,15 +32,20 @@ def run_scores(results: Path) -> list[dict]:
         "meta_steps": r["meta_steps"],
         "train_seconds": r["train_seconds"],
     }
-    evals = [(int(cfg.inner.test_steps), int(cfg.eval.tasks), r["test"], r["test_ci95"])]
+    backtrack = int(cfg.model.get("backtrack") or 0)  # test-time steps backtracked (metatuv.inner.backtrack)
+    evals = [(int(cfg.inner.test_steps), int(cfg.eval.tasks), r["test"], r["test_ci95"], backtrack)]
     for f in sorted(results.parent.glob("eval-test-*steps-*tasks.json")):
         e = json.loads(f.read_text())
-        evals.append((e["inner_steps"], e["tasks"], e["mean"], e["ci95"]))
+        evals.append((e["inner_steps"], e["tasks"], e["mean"], e["ci95"], e.get("backtrack", 0)))
 
     def nan(v: float | None) -> float:  # a diverged score is null in results.json (status "diverged"); NaN here
         return math.nan if v is None else v
 
-    return [{**run, "test_steps": s, "tasks": n, "mean": nan(m), "ci95": nan(c)} for s, n, m, c in evals]
+    out = [{**run, "test_steps": s, "tasks": n, "mean": nan(m), "ci95": nan(c)} for s, n, m, c, _ in evals]
+    for record, (*_, bt) in zip(out, evals, strict=True):
+        if bt:  # only then: records of plain steps keep the keys they had before the option existed
+            record["backtrack"] = bt
+    return out
 
 
 def key(record: dict) -> tuple:

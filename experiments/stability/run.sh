@@ -9,10 +9,10 @@
 #   SEEDS=0,1,2 STEPS=60000 SHOTS="5 10 20" PRESETS=maml,mtnet,tuv,mtuv,tuv_bounded,kfo,metacurvature \
 #     bash experiments/stability/run.sh
 set -euo pipefail
-SEEDS=${SEEDS:-0}
+SEEDS=${SEEDS:-0,1,2}
 STEPS=${STEPS:-3000}
-SHOTS=${SHOTS:-5}
-PRESETS=${PRESETS:-tuv,tuv_bounded,kfo}
+SHOTS=${SHOTS:-"5 10 20"}
+PRESETS=${PRESETS:-maml,mtnet,tuv,mtuv,tuv_bounded,kfo,metacurvature}
 ALPHAS=${ALPHAS:-0.01,0.04,0.1}
 MAX_STEP=${MAX_STEP:-1.0}  # model.max_step: the bound on α·λmax(VᵀV ⊗ TTᵀ) of bounded presets (others ignore it)
 export OMP_NUM_THREADS=1 METATUV_JOBS=${METATUV_JOBS:-2} WANDB_MODE=${WANDB_MODE:-offline}
@@ -24,9 +24,7 @@ for k in $SHOTS; do
     monitor.eval_every=0 checkpoint.every=0 hydra.sweep.dir=experiments/stability/runs \
     'hydra.sweep.subdir=steps${outer.steps}/shots${benchmark.shots}/lr${inner.lr}/${model.name}/maxstep${model.max_step}/seed${seed}' || true
 done
-for d in experiments/stability/runs/steps*/shots*/lr*/*/maxstep*/seed*/; do  # also 50 and 1 test steps
-  [ -f "$d/results.json" ] || continue  # meta-training itself stopped (NonFiniteLoss): summarize.py reports it
-  for s in 50 1; do
-    [ -f "$d/eval-test-${s}steps-600tasks.json" ] || metatuv-eval "$d" --steps "$s" --tasks 600 --no-progress || true
-  done
-done
+# every run at 1, 10 and 50 test steps, plain and backtracked (model.backtrack's test-time step), in two processes
+python experiments/stability/evaluate_runs.py --shard 0/2 &
+python experiments/stability/evaluate_runs.py --shard 1/2
+wait
