@@ -11,10 +11,13 @@ mtnet:         tnet + mask m on U's rows:             W' = W − α·T·(m ⊙ T
 tuv:           W = T·U·V, U adapts:                   W' = W − α·TTᵀ·G·VᵀV            (the seed)
 mtuv:          tuv + mask m on U's rows:              W' = W − α·T·(m ⊙ Tᵀ·G·Vᵀ)·V
 tuv_bounded:   tuv with λmax(VᵀV ⊗ TTᵀ) < b by construction: W' = W − α·TTᵀ·G·VᵀV, with the soft spectral
-               clip T = T̃·c·tanh(‖T̃‖₂/c)/‖T̃‖₂ (V alike), c = b^¼, b = model.max_step / α (metatuv/nn/bounded.py)
+               clip T = T̃·c·tanh(‖T̃‖₂/c)/‖T̃‖₂ (V alike), c = b^¼, b = model.max_step / α (metatuv/nn/bounded.py);
+               test-time steps backtracked, θ ← θ − s·Δ with the largest s ∈ {1, ½, …} not raising the support
+               loss (model.backtrack = 8, metatuv/inner/backtrack.py)
 kfo:           W = U, learned PSD Kronecker transform:  W' = W − α·(AᵀA)·G·(BᵀB)       (MetaKFO, Arnold+ 2021)
 
-Every preset with a learned T or V takes ``model.bound=tanh|spectral|spectrum`` (``none`` for tuv_bounded gives tuv).
+Every preset with a learned T or V takes ``model.bound=tanh|spectral|spectrum`` (``none`` for tuv_bounded gives tuv);
+every preset takes ``model.backtrack=N`` (test-time steps; 0 = plain).
 """
 
 from __future__ import annotations
