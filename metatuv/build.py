@@ -6,7 +6,6 @@ reading the Hydra config. Everything they hand on takes typed arguments.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -15,18 +14,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from metatuv.data import IMAGE_BENCHMARKS, FewShot, Polynomial, Sinusoid, Stream, image_shape, load_splits
 from metatuv.inner.backends import Batch
+from metatuv.keys import MOVED
 from metatuv.meta import MetaLearner, accuracy, cross_entropy, get_preset, mse
-from metatuv.meta.presets import Preset
+from metatuv.meta.presets import FIELDS, Preset
 from metatuv.metric import StatisticsTracker, reestimate
 from metatuv.nn import bound_factors, conv4, mlp
-from metatuv.schema import MOVED, register, unknown_keys
+from metatuv.schema import register, unknown_keys
 
 register()  # the typed schema conf/config.yaml starts from (composing the config needs it)
 TEST_SEED_OFFSET = 1_000_003  # meta-test tasks come from a stream disjoint from the training one
 REGRESSION = ("sinusoid", "polynomial")
 STATS_SEED_OFFSET = 2_000_003  # tasks observed for T/V statistics come from their own stream
 VAL_SEED_OFFSET = 3_000_017  # validation tasks (monitor.eval_every)
-PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(Preset) if f.name != "name")  # conf/model/*.yaml holds them
+PRESET_FIELDS = FIELDS  # conf/model/<name>.yaml holds them
 
 
 @dataclass
@@ -53,6 +53,11 @@ def preset_of(model: DictConfig) -> Preset:
     fields = {k: model[k] if isinstance(model[k], (bool, int)) else str(model[k]) for k in PRESET_FIELDS}
     changed = [f"{k}={str(v).lower()}" for k, v in fields.items() if v != getattr(base, k)]
     preset = Preset(f"{base.name}[{', '.join(changed)}]" if changed else base.name, **fields)
+    if preset.kfo and preset.curvature:
+        raise ValueError(
+            f"model.kfo=true and model.curvature=true are two gradient transforms (MetaKFO, Meta-Curvature); "
+            f"set one of them false (preset {model.name})."
+        )
     if preset.bound != "none" and not (preset.use_T or preset.use_V):
         raise ValueError(
             f"model.bound={preset.bound} needs a preset with T or V (tnet, mtnet, tuv, mtuv), not {model.name}."
@@ -76,8 +81,10 @@ def build(
     if b.name in REGRESSION:
         if b.name == "sinusoid":
             bench = Sinusoid(b.shots, b.queries, tuple(b.amplitude), tuple(b.phase), tuple(b.x_range))
-        else:
+        elif b.name == "polynomial":
             bench = Polynomial(b.order, b.shots, b.queries, tuple(b.x_range))
+        else:  # a name added to REGRESSION without its own branch here
+            raise ValueError(f"benchmark {b.name!r} is in REGRESSION but build() has no branch constructing it.")
         model = bounded(mlp(list(b.arch.sizes), *flags, **inside))
         return Setup(
             model,
@@ -127,16 +134,6 @@ def partial_bound(preset: Preset, max_eigenvalue: float) -> Callable[[torch.nn.M
     """Model -> the model with its T, V bounded (metatuv.nn.bounded): λmax(VᵀV ⊗ TTᵀ) < ``max_eigenvalue``
     (model.max_step / inner.lr), or the model itself for ``preset.bound == "none"``."""
     return lambda model: bound_factors(model, preset.bound, max_eigenvalue) if preset.bound != "none" else model
-
-
-def model_bound(cfg: DictConfig, preset: Preset | None = None) -> str:
-    """The run's factor bound (none | tanh | spectral | spectrum): ``model.bound``, checked against the fields."""
-    return (preset or preset_of(cfg.model)).bound
-
-
-def bound_model(cfg: DictConfig, preset: Preset, model: torch.nn.Module) -> torch.nn.Module:
-    """The model with its T, V bounded (metatuv.nn.bounded): λmax(VᵀV ⊗ TTᵀ) < model.max_step / inner.lr."""
-    return partial_bound(preset, cfg.model.max_step / cfg.inner.lr)(model)
 
 
 def statistics_hook(
@@ -196,6 +193,13 @@ def device_problem(device: str) -> str | None:
     return f"device={device} is not supported; use device=cpu or device=cuda"
 
 
+def _model_choice() -> str | None:
+    """The config group option chosen for ``model`` (``model=tnet``) in a Hydra app; None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail at start, with one line naming the key, the value and the fix, on values no run can use. Closed choices
     (inner.backend, metric.mode, …) are Enums of metatuv/schema.py: a bad one already failed at composition."""
@@ -235,6 +239,12 @@ def validate(cfg: DictConfig) -> None:
         (cfg.metric.batches >= 1, f"metric.batches={cfg.metric.batches} must be >= 1"),
         (cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0: only at the end)"),
         (device_problem(str(cfg.device)) is None, device_problem(str(cfg.device))),
+        (cfg.model.backtrack >= 0, f"model.backtrack={cfg.model.backtrack} must be >= 0 (0: plain test-time steps)"),
+        (
+            _model_choice() in (None, cfg.model.name),
+            f"model.name={cfg.model.name} does not select a preset (the fields stay {_model_choice()}'s); "
+            f"use model={cfg.model.name}",
+        ),
     ]
     preset = preset_of(cfg.model)  # unknown preset, or fields that do not fit: their own one-line error
     if preset.bound != "none" and not cfg.model.max_step > i.lr:

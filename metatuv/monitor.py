@@ -63,7 +63,7 @@ def monitor(
     def log(step: int, losses: Callable[[], list[float]]) -> None:
         done = step + 1
         if due(done, every) or done == steps:
-            recent = losses()[-every:]
+            recent = losses()[-every:] if every > 0 else losses()[-1:]  # every=0: the last step's loss
             spectra = factor_spectra(setup.model)
             metrics = {"train/loss": sum(recent) / len(recent), **learned_metrics(setup.model, inner_lr, spectra)}
             if due(done, eval_every) and setup.val is not None:

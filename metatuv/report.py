@@ -26,10 +26,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from metatuv.files import write_text
+from metatuv.keys import MOVED
 from metatuv.report_plots import (  # noqa: F401 (re-exported: experiments use them)
     LR,
     SMOOTH_ABOVE,
@@ -42,7 +42,6 @@ from metatuv.report_plots import (  # noqa: F401 (re-exported: experiments use t
 )
 
 SEED = "seed"
-Z95 = 1.96
 MISSING = "—"  # a key some jobs do not override
 
 
@@ -97,17 +96,23 @@ def diverged(job: Job, key: str = "test") -> bool:
 
 
 def mean_ci(values: list[float | None], cis: list[float | None]) -> tuple[float, float] | None:
-    """One value: (value, its own CI). Several: (mean, 1.96·s/√n), s the sample std. None if any is missing."""
+    """One value: (value, its own CI). Several: (mean, 1.96·s/√n), s the sample std (metatuv.meta.evaluation's
+    mean_ci95, the one mean ± CI of the package). None if any is missing."""
     if not values or any(v is None for v in values):
         return None
     if len(values) == 1:
         return float(values[0]), float("nan") if cis[0] is None else float(cis[0])
-    v = np.asarray(values, dtype=float)  # NaN (a diverged job) propagates to the row
-    return float(v.mean()), float(Z95 * v.std(ddof=1) / math.sqrt(len(v)))
+    import torch  # (only here: the report reads JSON files otherwise)
+
+    from metatuv.meta.evaluation import mean_ci95
+
+    return mean_ci95(torch.tensor([float(v) for v in values], dtype=torch.float64))  # a NaN (diverged) propagates
 
 
 def parse_overrides(lines: list[str], where: Path) -> dict[str, str]:
-    """Hydra override strings (``model=maml``, ``+a.b=1``, ``~c``) as {key: value}."""
+    """Hydra override strings (``model=maml``, ``+a.b=1``, ``~c``) as {key: value}; a key that moved since the job ran
+    (``logger.eval_every`` → ``monitor.eval_every``, metatuv.keys.MOVED) under its new name, so old and new jobs of one
+    configuration share a row."""
     if not isinstance(lines, list):
         raise ValueError(f"{where} is not a YAML list of overrides (got {type(lines).__name__}); is it Hydra's?")
     out = {}
@@ -115,6 +120,7 @@ def parse_overrides(lines: list[str], where: Path) -> dict[str, str]:
         key, sep, value = str(line).partition("=")
         deleted = key.startswith("~")
         key = key.lstrip("+~")
+        key = MOVED.get(key, key)
         out[key] = "(deleted)" if deleted and not sep else value
     return out
 

@@ -4,7 +4,8 @@
 task streams, the statistics tracker, the global RNGs, the resolved config) behind one ``state_dict`` /
 ``load_state_dict`` pair; ``resume`` loads a checkpoint and refuses one written by another run (``RESUME_IGNORES``
 lists the keys that may change); ``stored_config`` upgrades the config a checkpoint stored to today's keys.
-Plain data in, plain data out: the config arrives as the resolved dict (``OmegaConf.to_container``).
+The config arrives as the resolved plain dict (``metatuv.build.run_config``); only ``stored_config`` hands one back
+as an OmegaConf object, for ``build_learner``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from metatuv.checkpoint import (
     set_rng_state,
 )
 from metatuv.files import RunFileError
-from metatuv.meta.presets import Preset, get_preset
-from metatuv.schema import MOVED
+from metatuv.keys import MOVED
+from metatuv.meta.presets import FIELDS, get_preset
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -61,13 +62,13 @@ ADDED_KEYS = {
     "model.backtrack": 0,  # runs before it: plain test-time steps (not the preset's value)
     "benchmark.split_dir": None,
 }
-PRESET_KEYS = tuple(f"model.{name}" for name in Preset.__dataclass_fields__ if name != "name")
+PRESET_KEYS = tuple(f"model.{name}" for name in FIELDS)
 
 
 def upgrade_config(saved: dict) -> dict:
     """The config dict a checkpoint (or results.json) stored, in today's keys: every key added since given the value
     that reproduces that run (a preset's fields from ``get_preset(model.name)``), every moved key (``logger.every``
-    → ``monitor.every``, metatuv.schema.MOVED) at its new place."""
+    → ``monitor.every``, metatuv.keys.MOVED) at its new place."""
     cfg = copy.deepcopy(saved)
 
     def get(key: str, default: Any = "<absent>") -> Any:

@@ -164,10 +164,6 @@ class MonitorConfig:
     images_every: int = 0  # PNGs every N meta-steps; 0 = at the end only; -1 = never (logger=none sets -1)
 
 
-# keys that moved: old spelling -> new one (a command line or +key using the old one fails naming the new key)
-MOVED = {f"logger.{k}": f"monitor.{k}" for k in ("every", "eval_every", "eval_tasks", "images_every")}
-
-
 @dataclass
 class RunConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)

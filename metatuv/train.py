@@ -2,7 +2,9 @@
 
 An orchestrator: metatuv.build makes the run from its config, metatuv.runstate checkpoints and resumes it,
 metatuv.monitor records it while it trains; this module runs them in order and writes the results. Only the entry
-points (this module, metatuv.evaluate, metatuv.report) and metatuv.build read Hydra config objects.
+points (this module, metatuv.evaluate), metatuv.build, metatuv.runstate (stored_config), metatuv.schema (the typed
+schema) and metatuv.runlock (the Hydra callback) read Hydra/OmegaConf config objects; metatuv.report reads
+results.json and .hydra/*.yaml as plain files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from metatuv.build import (  # noqa: F401 — REGRESSION, build, *_SEED_OFFSET: 
 )
 from metatuv.checkpoint import previous
 from metatuv.files import RunFileError
+from metatuv.keys import MOVED
 from metatuv.loggers import NullLogger, RunLogger, make_logger, wandb_run_id
 from metatuv.meta import MetaLearner, build_optimizer, evaluate, format_score, meta_train
 from metatuv.meta.distributed import init_from_env
@@ -51,7 +54,7 @@ from metatuv.runstate import (
     set_aside_damaged,
     stored_config,  # noqa: F401 — re-exported: this was its home
 )
-from metatuv.schema import MOVED, MonitorConfig, register
+from metatuv.schema import MonitorConfig, register
 
 register()  # the typed schema conf/config.yaml starts from
 
@@ -111,7 +114,7 @@ def _run(
 ) -> dict:
     """``saved``: the checkpoint to resume from and its path, already checked against ``cfg`` by ``run``."""
     rank, size = shard
-    cadence = MonitorConfig(**OmegaConf.to_container(cfg.monitor))  # type: ignore[arg-type]
+    cadence = MonitorConfig(**OmegaConf.to_container(cfg.monitor, resolve=True))  # type: ignore[arg-type]
     setup, preset, learner = build_learner(cfg, with_val=cadence.eval_every > 0)
     i, steps = cfg.inner, cfg.outer.steps
     baseline = copy.deepcopy(learner)

@@ -85,6 +85,10 @@ def main() -> None:
     bad = [c for c in contenders if not known(c)]
     if unknown or bad:
         ap.error(f"unknown workloads {unknown} / contenders {bad}")
+    if args.presets is not None:  # a preset no chosen workload runs would leave an empty benchmark without a word
+        offered = {p for n in names for p in WORKLOADS[n].presets}
+        if not set(args.presets.split(",")) & offered:
+            ap.error(f"--presets {args.presets}: the chosen workloads run only {sorted(offered)}")
     if args.skip_missing:
         missing = {pkg: why for pkg in set(NEEDS.values()) if (why := import_error(pkg))}
         for c in [c for c in contenders if NEEDS.get(c) in missing]:

@@ -40,6 +40,8 @@ class Preset:
     backtrack: int = 0  # test-time steps: halvings tried so the support loss never rises (metatuv.inner.backtrack)
 
 
+FIELDS = tuple(name for name in Preset.__dataclass_fields__ if name != "name")  # what conf/model/<name>.yaml holds
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
