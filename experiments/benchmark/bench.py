@@ -1,18 +1,8 @@
 """Time one full second-order meta-step and its peak memory for every inner-loop library, side by side.
 
-Contenders (all on the same metatuv network, same parameters, same batch):
-
-- ``higher``: ``higher.innerloop_ctx`` with SGD over the fast parameters, one task after another;
-- ``learn2learn``: ``clone_module`` / ``update_module`` on the fast parameters, one task after another;
-- ``func-loop``: naive torch.func, per task ``functional_call`` + ``autograd.grad(create_graph=True)``;
-- ``func-vmap``: naive torch.func, the task function (``functional_call`` + ``torch.func.grad``) under ``vmap``;
-- ``metatuv``: ``MetaLearner.backward`` with ``vectorize="auto"`` (the library's own path);
-  ``metatuv-loop`` / ``metatuv-vmap`` force the vectorization, ``metatuv-higher`` / ``metatuv-learn2learn`` are
-  metatuv's wrappers of those libraries, ``metatuv-chunkN`` sets ``chunk_size=N``.
-
-The naive contenders are written in contenders.py, as in ../shared/tools/peerbench.py. A meta-step is zero_grad,
-the inner loop, the query loss, backward and an Adam step. Per workload the contenders run round-robin, one
-meta-step each per round, so machine noise hits all of them alike and the ratios hold on a busy machine. Time is
+The contenders (all on the same metatuv network, same parameters, same batch): see contenders.py. A meta-step is
+zero_grad, the inner loop, the query loss, backward and an Adam step. Per workload the contenders run round-robin,
+one meta-step each per round, so machine noise hits all of them alike and the ratios hold on a busy machine. Time is
 the median over ``--repeats`` rounds after ``--warmup`` (CUDA synchronized around each step). Peak memory is
 measured on the last warm-up step: CUDA ``max_memory_allocated`` above what was allocated before the step; CPU the
 process RSS high-water mark (VmHWM, reset through /proc/self/clear_refs after ``malloc_trim``) above the RSS before

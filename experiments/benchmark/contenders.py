@@ -8,8 +8,10 @@
   ``metatuv-loop`` / ``metatuv-vmap`` force the vectorization, ``metatuv-higher`` / ``metatuv-learn2learn`` are
   metatuv's wrappers of those libraries, ``metatuv-chunkN`` sets ``chunk_size=N``.
 
-The naive contenders are written here, as in ../shared/tools/peerbench.py, and share no code with metatuv's inner
-loop (only the network and ``fast_names`` / ``split_params``, which say which parameters adapt).
+The naive contenders are written here, after peerbench.py (an outside benchmark script, not in this repository:
+the GPU check's prepare_gpu.sh copies it in when the machine has it, and run_gpu.sh runs it beside this harness
+for reference figures, or skips it), and share no code with metatuv's inner loop (only the network and
+``fast_names`` / ``split_params``, which say which parameters adapt).
 """
 
 from __future__ import annotations
