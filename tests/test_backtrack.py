@@ -176,3 +176,13 @@ def test_metatuv_eval_backtrack_flag_writes_its_own_file(tmp_path, capsys):
     assert "3 inner steps (backtracked)" in text
     assert (out / "eval-test-3steps-backtrack5-4tasks.json").is_file()
     assert '"backtrack": 5' in (out / "eval-test-3steps-backtrack5-4tasks.json").read_text()
+
+
+def test_default_tries_is_eight_halvings_and_zero_steps_return_the_input():
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    # Δ = 300: only ρ⁸·300 ≈ 1.17 <= 2 lowers L, the 9th candidate; the default 8 (ρ⁰ … ρ⁷) takes no step
+    rule = lambda k, g: {"w": torch.full_like(g["w"], 300.0)}  # noqa: E731
+    assert adapt_backtracking(loss, fast, 1, rule)["w"].item() == 1.0
+    assert adapt_backtracking(loss, fast, 1, rule, tries=9)["w"].item() == 1.0 - 300.0 / 256
+    torch.testing.assert_close(adapt_backtracking(loss, fast, 0, 0.1)["w"], fast["w"], rtol=0, atol=0)

@@ -474,3 +474,15 @@ def meta_train_one(learner, **kw):
     return meta_train(
         learner, tiny_batches(), 1, optimizer=torch.optim.SGD(learner.parameters(), lr=0.1), progress=False, **kw
     )
+
+
+def test_accuracy_by_hand_on_the_last_axis():
+    from metatuv.meta.losses import accuracy
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 0, 2])  # argmax per row: 0, 1, 2, 0 -> right, right, wrong, wrong
+    assert accuracy(logits, y).item() == 0.5
+    # tasks × queries × ways: the class axis is the last one, not the second
+    stacked = torch.stack([logits, logits.flip(0)])  # (2, 4, 3)
+    assert accuracy(stacked, torch.stack([y, y.flip(0)])).item() == 0.5
+    assert accuracy(stacked, torch.stack([y, y])).item() == 0.375  # (2 + 1) / 8: the reversed task matches row 0 only
