@@ -71,8 +71,10 @@ def fields(results: Path) -> dict:
 
 
 def label(r: dict) -> str:
-    """The preset, with its bound on the effective step when it has one: 'tuv_bounded (max_step 1)'."""
-    return r["preset"] + (f" (max_step {r['max_step_bound']:g})" if r.get("max_step_bound") is not None else "")
+    """The preset, with its bound on the effective step when it has one and its test-time step rule:
+    'tuv_bounded (max_step 1), backtracked' (metatuv.inner.backtrack) or 'tuv_bounded (max_step 1), plain'."""
+    bound = f" (max_step {r['max_step_bound']:g})" if r.get("max_step_bound") is not None else ""
+    return f"{r['preset']}{bound}, {'backtracked' if r.get('backtrack') else 'plain'}"
 
 
 def failed_runs() -> list[str]:
@@ -93,19 +95,24 @@ def main() -> None:
     for (steps, shots), group in sorted({(k[0], k[1]): None for k in cells}.items()):
         del group
         lines += [f"## {shots}-shot, {steps} meta-steps", ""]
-        lines.append("| preset | test steps | " + " | ".join(f"α = {a:g}" for a in alphas) + " |")
-        lines.append("|---|---:|" + "---:|" * len(alphas))
+        lines.append(
+            "| preset, test-time steps | test steps | " + " | ".join(f"α = {a:g}" for a in alphas) + " | worst/best |"
+        )
+        lines.append("|---|---:|" + "---:|" * len(alphas) + "---:|")
         presets = sorted({k[2] for k in cells if k[:2] == (steps, shots)})
         for preset in presets:
             for ts in sorted({k[3] for k in cells if k[:3] == (steps, shots, preset)}):
-                row = []
+                row, means = [], []
                 for a in alphas:
                     rs = cells.get((steps, shots, preset, ts, a), [])
                     bad = sum(1 for r in rs if not math.isfinite(r["mean"]))
                     ok = [r["mean"] for r in rs if math.isfinite(r["mean"])]
                     mean = f"{sum(ok) / len(ok):.3g}" if ok else "—"
                     row.append(f"{mean} ({bad}/{len(rs)} diverged)" if rs else "")
-                lines.append(f"| {preset} | {ts} | " + " | ".join(row) + " |")
+                    means.append(sum(ok) / len(ok) if rs and ok and not bad else math.nan)
+                # α sensitivity: worst over best seed-mean across α; only when every α has runs and none diverged
+                ratio = f"{max(means) / min(means):.2f}" if means and all(math.isfinite(m) for m in means) else "—"
+                lines.append(f"| {preset} | {ts} | " + " | ".join(row) + f" | {ratio} |")
         lines.append("")
         lines += [
             "Largest effective step per layer at the end of training, α·λmax(TTᵀ)·λmax(VᵀV) "
@@ -113,7 +120,8 @@ def main() -> None:
             "",
         ]
         for r in sorted(records, key=lambda r: (label(r), r["alpha"], r["seed"])):
-            if (r["meta_steps"], r["shots"]) == (steps, shots) and r["test_steps"] == 10 and r.get("note", "").strip():
+            one_per_run = r["test_steps"] == 10 and not r.get("backtrack")  # (the note is the run's, not the eval's)
+            if (r["meta_steps"], r["shots"]) == (steps, shots) and one_per_run and r.get("note", "").strip():
                 lines.append(f"- {label(r)} α = {r['alpha']:g}, seed {r['seed']}: {r['note']}")
         lines.append("")
     failed = failed_runs()
