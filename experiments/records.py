@@ -32,7 +32,7 @@ def run_scores(results: Path) -> list[dict]:
         "meta_steps": r["meta_steps"],
         "train_seconds": r["train_seconds"],
     }
-    backtrack = int(OmegaConf.select(cfg, "model.backtrack", default=0) or 0)  # test-time steps backtracked (metatuv.inner.backtrack)
+    backtrack = int(OmegaConf.select(cfg, "model.backtrack", default=0) or 0)  # metatuv.inner.backtrack
     evals = [(int(cfg.inner.test_steps), int(cfg.eval.tasks), r["test"], r["test_ci95"], backtrack)]
     for f in sorted(results.parent.glob("eval-test-*steps-*tasks.json")):
         e = json.loads(f.read_text())
