@@ -186,3 +186,16 @@ def test_default_tries_is_eight_halvings_and_zero_steps_return_the_input():
     assert adapt_backtracking(loss, fast, 1, rule)["w"].item() == 1.0
     assert adapt_backtracking(loss, fast, 1, rule, tries=9)["w"].item() == 1.0 - 300.0 / 256
     torch.testing.assert_close(adapt_backtracking(loss, fast, 0, 0.1)["w"], fast["w"], rtol=0, atol=0)
+
+
+def test_step_scale_edges_one_try_ties_and_bad_shrink():
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    # one try: the full step or none
+    assert step_scale(loss, fast, {"w": torch.tensor([0.5], dtype=torch.float64)}, tries=1).item() == 1.0
+    assert step_scale(loss, fast, {"w": torch.tensor([3.0], dtype=torch.float64)}, tries=1).item() == 0.0
+    # a step that leaves the loss equal (θ = 1 → −1) is taken: "does not rise", not "falls"
+    assert step_scale(loss, fast, {"w": torch.tensor([2.0], dtype=torch.float64)}, tries=4).item() == 1.0
+    for shrink in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"shrink={shrink}"):
+            step_scale(loss, fast, fast, tries=2, shrink=shrink)

@@ -486,3 +486,16 @@ def test_accuracy_by_hand_on_the_last_axis():
     stacked = torch.stack([logits, logits.flip(0)])  # (2, 4, 3)
     assert accuracy(stacked, torch.stack([y, y.flip(0)])).item() == 0.5
     assert accuracy(stacked, torch.stack([y, y])).item() == 0.375  # (2 + 1) / 8: the reversed task matches row 0 only
+
+
+@pytest.mark.parametrize("head_only", [False, True])
+def test_fast_parameters_are_the_fast_names_tensors_in_order(head_only):
+    from metatuv.nn import fast_names, fast_parameters, mlp
+
+    model = mlp([1, 8, 8, 1], True, True, False)
+    names = fast_names(model, head_only)
+    params = fast_parameters(model, head_only)
+    named = dict(model.named_parameters())
+    assert len(params) == len(names) and all(p is named[n] for p, n in zip(params, names, strict=True))
+    assert names == (["4.U", "4.bias"] if head_only else ["0.U", "0.bias", "2.U", "2.bias", "4.U", "4.bias"])
+    assert not any(p is named["0.T"] or p is named["0.V"] for p in params)  # T and V never adapt
