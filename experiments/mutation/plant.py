@@ -13,8 +13,8 @@ BUGS = [
     (
         "1 evaluate adapts on the query set",
         "metatuv/meta/evaluation.py",
-        "adapted = learner.adapt_task(params, xs, ys, steps, extra)",
-        "adapted = learner.adapt_task(params, xq, yq, steps, extra)",
+        "adapted = learner.adapt_task(params, xs, ys, steps, extra, backtrack)",
+        "adapted = learner.adapt_task(params, xq, yq, steps, extra, backtrack)",
     ),
     (
         "2 CI with n instead of n-1",
