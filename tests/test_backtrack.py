@@ -199,3 +199,15 @@ def test_step_scale_edges_one_try_ties_and_bad_shrink():
     for shrink in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=f"shrink={shrink}"):
             step_scale(loss, fast, fast, tries=2, shrink=shrink)
+
+
+def test_adapt_backtracking_passes_the_step_index_and_the_shrink_factor():
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    # a per-step rule (as LSLR's rates): Δ_k = (k + 1)·0.1·g; g = 2θ; every full step descends here
+    out = adapt_backtracking(loss, fast, 2, lambda k, g: {"w": (k + 1) * 0.1 * g["w"]})
+    assert out["w"].item() == pytest.approx((1 - 0.2) * (1 - 0.4))
+    # Δ = 3 from θ = 1: shrink 0.25 takes s = 1/4 (θ = 0.25), the default 1/2 takes s = 1/2 (θ = −0.5)
+    rule = lambda k, g: {"w": torch.full_like(g["w"], 3.0)}  # noqa: E731
+    assert adapt_backtracking(loss, fast, 1, rule, shrink=0.25)["w"].item() == 0.25
+    assert adapt_backtracking(loss, fast, 1, rule)["w"].item() == -0.5
