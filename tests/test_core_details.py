@@ -499,3 +499,17 @@ def test_fast_parameters_are_the_fast_names_tensors_in_order(head_only):
     assert len(params) == len(names) and all(p is named[n] for p, n in zip(params, names, strict=True))
     assert names == (["4.U", "4.bias"] if head_only else ["0.U", "0.bias", "2.U", "2.bias", "4.U", "4.bias"])
     assert not any(p is named["0.T"] or p is named["0.V"] for p in params)  # T and V never adapt
+
+
+def test_chunks_cover_the_tasks_in_order_and_mean_ci95_of_one_value():
+    from metatuv.meta.batching import chunks
+    from metatuv.meta.evaluation import mean_ci95
+
+    batch = tuple(torch.arange(7).view(7, 1) * k for k in (1, 10, 100, 1000))
+    extras = {"m": torch.arange(7) + 0.5}
+    parts = list(chunks(batch, extras, 3))  # default: every task
+    assert [p[0][0].flatten().tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [p[1]["m"].tolist() for p in parts] == [[0.5, 1.5, 2.5], [3.5, 4.5, 5.5], [6.5]]
+    assert [p[0][3].flatten().tolist() for p in chunks(batch, extras, 2, first=1, last=4)] == [[1000, 2000], [3000]]
+    mean, ci = mean_ci95(torch.tensor([0.25]))  # one task: its value, and no interval
+    assert mean == 0.25 and math.isnan(ci)
