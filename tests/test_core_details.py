@@ -513,3 +513,24 @@ def test_chunks_cover_the_tasks_in_order_and_mean_ci95_of_one_value():
     assert [p[0][3].flatten().tolist() for p in chunks(batch, extras, 2, first=1, last=4)] == [[1000, 2000], [3000]]
     mean, ci = mean_ci95(torch.tensor([0.25]))  # one task: its value, and no interval
     assert mean == 0.25 and math.isnan(ci)
+
+
+def test_adapt_is_second_order_by_default():
+    from metatuv.inner import adapt
+
+    a, lr = 3.0, 0.01
+    w0 = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    # one step on L(w) = (a·w)²: w1 = w0 − lr·2a²·w0; query loss w1²: d/dw0 = 2·w1·(1 − 2·lr·a²) (second order)
+    w1 = adapt(lambda f: (a * f["w"]) ** 2, {"w": w0}, 1, lr)["w"]
+    (g,) = torch.autograd.grad(w1**2, w0)
+    expected = 2 * w1.detach() * (1 - 2 * lr * a**2)
+    torch.testing.assert_close(g, expected, rtol=1e-12, atol=0)
+    assert abs(g.item() - 2 * w1.item()) > 1e-3  # the first-order value differs
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5), (2, 3), (2, 3, 5, 5)])
+def test_primitive_batch_norm_refuses_other_shapes(shape):
+    from metatuv.nn import BatchNorm
+
+    with pytest.raises(ValueError):
+        BatchNorm(4)(torch.randn(*shape))
