@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from metatuv.data.sinusoid import Sinusoid
-from metatuv.meta import mask_sample, mse
+from metatuv.meta import mask_noise, mask_sample, mse
 from metatuv.nn import fast_names, fast_parameters, mlp
 
 with contextlib.redirect_stdout(io.StringIO()):
@@ -59,16 +59,6 @@ def meta_loss(maml: l2l.algorithms.MAML, batch, lr: float, steps: int, noise=Non
     return torch.stack(losses).mean()
 
 
-def noise_for(model: torch.nn.Module, tasks: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """Logistic noise per task and masked unit (MT-net), named like the model's mask logits."""
-    out = {}
-    for name, p in model.named_parameters():
-        if name.endswith("mask_logit"):
-            u = torch.rand(tasks, p.numel(), generator=generator, dtype=p.dtype).clamp(1e-6, 1 - 1e-6)
-            out["module." + name] = torch.log(u) - torch.log1p(-u)
-    return out
-
-
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mtnet", action="store_true", help="T·U with MT-net masks instead of T·U·V")
@@ -81,7 +71,7 @@ def main(argv: list[str] | None = None) -> float:
     tasks, g = Sinusoid(10, 10).batches(4, seed=0), torch.Generator().manual_seed(1)
     for step in range(args.steps):
         opt.zero_grad()
-        loss = meta_loss(maml, next(tasks), lr=0.01, steps=1, noise=noise_for(model, 4, g) or None)
+        loss = meta_loss(maml, next(tasks), lr=0.01, steps=1, noise=mask_noise(maml, 4, g) or None)
         loss.backward()
         opt.step()
         if (step + 1) % max(1, args.steps // 10) == 0:

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from metatuv.data.sinusoid import Sinusoid
-from metatuv.meta import mask_sample, mse
+from metatuv.meta import mask_noise, mask_sample, mse
 from metatuv.nn import fast_names, mlp
 
 
@@ -43,16 +43,6 @@ def meta_loss_fn(model: torch.nn.Module, lr: float, steps: int):
     return meta_loss
 
 
-def noise_for(model: torch.nn.Module, tasks: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """Logistic noise per task and masked unit (MT-net), named like the model's mask logits."""
-    out = {}
-    for name, p in model.named_parameters():
-        if name.endswith("mask_logit"):
-            u = torch.rand(tasks, p.numel(), generator=generator, dtype=p.dtype).clamp(1e-6, 1 - 1e-6)
-            out[name] = torch.log(u) - torch.log1p(-u)
-    return out
-
-
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mtnet", action="store_true", help="T·U with MT-net masks instead of T·U·V")
@@ -66,7 +56,7 @@ def main(argv: list[str] | None = None) -> float:
     loss_of = meta_loss_fn(model, lr=0.01, steps=1)
     tasks, g = Sinusoid(10, 10).batches(4, seed=0), torch.Generator().manual_seed(1)
     for step in range(args.steps):
-        batch, noise = next(tasks), noise_for(model, 4, g)
+        batch, noise = next(tasks), mask_noise(model, 4, g)
         for p, gp in zip(params.values(), meta_grad(params, batch, noise).values(), strict=True):
             p.grad = gp
         opt.step()

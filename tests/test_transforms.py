@@ -146,3 +146,18 @@ def test_inner_rule_chain_reads_the_learners_own_parameters():
     want_u = lr["0__U"] * (c["0__U_o"] @ (m[:, None] * grads["0.U"].numpy()) @ c["0__U_i"])
     np.testing.assert_allclose(delta["0.U"].detach().numpy(), want_u, rtol=1e-12)
     np.testing.assert_allclose(delta["0.bias"].detach().numpy(), lr["0__bias"] * m * grads["0.bias"].numpy())
+
+
+def test_mask_noise_of_a_model_is_the_learners_own_draw():
+    from metatuv.meta import MetaLearner, get_preset, mask_noise, mse
+    from metatuv.nn import mlp
+
+    torch.manual_seed(0)
+    model = mlp([1, 8, 8, 1], True, False, True)
+    learner = MetaLearner.from_preset(model, get_preset("mtnet"), mse, 0.01, 1)
+    ours = mask_noise(model, 3, torch.Generator().manual_seed(5))
+    theirs = learner.sample_extras(3, torch.Generator().manual_seed(5))
+    assert sorted(ours) == sorted(theirs) == ["0.mask_logit", "2.mask_logit", "4.mask_logit"]
+    for n in ours:
+        torch.testing.assert_close(ours[n], theirs[n], rtol=0, atol=0)
+    assert mask_noise(mlp([1, 8, 1], True, True, False), 3) == {}  # no masks, no noise

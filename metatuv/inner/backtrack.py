@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad
+from torch.func import grad_and_value
 
 from metatuv.inner.sgd import Params, StepRule, sgd_rule
 
@@ -24,12 +24,18 @@ SHRINK = 0.5  # ρ
 
 
 def step_scale(
-    loss_fn: Callable[[Params], Tensor], fast: Params, delta: Params, tries: int, shrink: float = SHRINK
+    loss_fn: Callable[[Params], Tensor],
+    fast: Params,
+    delta: Params,
+    tries: int,
+    shrink: float = SHRINK,
+    current: Tensor | None = None,
 ) -> Tensor:
-    """s = the largest ρʲ (j < ``tries``) with a finite L(θ − ρʲ·Δ) ≤ L(θ), else 0; a 0-d tensor."""
+    """s = the largest ρʲ (j < ``tries``) with a finite L(θ − ρʲ·Δ) ≤ L(θ), else 0; a 0-d tensor (``current``: L(θ)
+    when the caller has it already)."""
     if tries < 1 or not 0 < shrink < 1:
         raise ValueError(f"step_scale: tries={tries} must be >= 1 and shrink={shrink} in (0, 1).")
-    current = loss_fn(fast)
+    current = loss_fn(fast) if current is None else current
     scales = [shrink**j for j in range(tries)]
     losses = torch.stack([loss_fn({n: p - s * delta[n] for n, p in fast.items()}) for s in scales])  # (tries,)
     ok = torch.isfinite(losses) & (losses <= current)
@@ -49,11 +55,12 @@ def adapt_backtracking(
     if steps < 0:
         raise ValueError(f"adapt_backtracking: steps={steps} must be >= 0.")
     rule = lr if callable(lr) else sgd_rule(lr)
-    grad_fn = grad(loss_fn)
+    grad_fn = grad_and_value(loss_fn)  # L(θ) comes with its gradient: no second forward per step
     with torch.no_grad():
         fast = {n: p.detach() for n, p in fast.items()}
         for k in range(steps):
-            delta = rule(k, grad_fn(fast))
-            s = step_scale(loss_fn, fast, delta, tries, shrink)
+            grads, current = grad_fn(fast)
+            delta = rule(k, grads)
+            s = step_scale(loss_fn, fast, delta, tries, shrink, current)
             fast = {n: torch.where(s > 0, p - s * delta[n], p) for n, p in fast.items()}  # s = 0 with a NaN Δ too
     return fast

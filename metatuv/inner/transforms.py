@@ -44,6 +44,22 @@ def chain(*transforms: Transform) -> Transform:
     return Transform(init, update)
 
 
+def logistic_noise(units: dict[str, int], tasks: int, generator: torch.Generator | None, like: Tensor) -> Params:
+    """ℓ ~ Logistic(0, 1) per task and unit, {name: (tasks, units)}: the MT-net mask's noise (see ``mask_sample``)."""
+    noise = {}
+    for name, n in units.items():
+        u = torch.rand(tasks, n, generator=generator, device=like.device, dtype=like.dtype).clamp(1e-6, 1 - 1e-6)
+        noise[name] = torch.log(u) - torch.log1p(-u)
+    return noise
+
+
+def mask_noise(model: torch.nn.Module, tasks: int, generator: torch.Generator | None = None) -> Params:
+    """``logistic_noise`` for every MT-net mask logit of ``model``, named as in ``model.named_parameters()``."""
+    logits = {n: p for n, p in model.named_parameters() if n.endswith("mask_logit")}
+    like = next(iter(logits.values()), None)
+    return {} if like is None else logistic_noise({n: p.numel() for n, p in logits.items()}, tasks, generator, like)
+
+
 def mask_sample(logit: Tensor, noise: Tensor, temperature: float) -> Tensor:
     """Hard straight-through sample of a two-class Gumbel-softmax: forward 1[σ((ζ + ℓ)/τ) > ½], backward σ'."""
     soft = torch.sigmoid((logit + noise) / temperature)

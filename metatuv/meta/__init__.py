@@ -1,5 +1,6 @@
 """Outer loop: meta-learner presets, the inner step rule, meta-training, evaluation."""
 
+from metatuv.inner.transforms import mask_noise
 from metatuv.meta.evaluation import evaluate, format_score, mean_ci95
 from metatuv.meta.learner import MetaLearner, meta_loss, query_losses
 from metatuv.meta.loop import NonFiniteLoss, build_optimizer, meta_train
@@ -18,6 +19,7 @@ __all__ = [
     "cross_entropy",
     "evaluate",
     "get_preset",
+    "mask_noise",
     "mask_sample",
     "format_score",
     "mean_ci95",

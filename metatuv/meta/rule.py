@@ -98,12 +98,7 @@ class InnerRule(nn.Module):
 
     def mask_noise(self, tasks: int, generator: torch.Generator | None, like: Tensor) -> dict[str, Tensor]:
         """Logistic noise per task and masked unit: {mask_logit name: (tasks, units)}; {} without masks."""
-        noise = {}
-        for name, units in self._units.items():
-            u = torch.rand(tasks, units, generator=generator, device=like.device, dtype=like.dtype)
-            u = u.clamp(1e-6, 1 - 1e-6)
-            noise[name] = torch.log(u) - torch.log1p(-u)
-        return noise
+        return tf.logistic_noise(self._units, tasks, generator, like)
 
     def transform(self, model_prefix: str = "model.", prefix: str = "rule.") -> tf.Transform:
         """chain(mask, curvature or kfo, rate) reading its parameters from a dict by the owner's names:
