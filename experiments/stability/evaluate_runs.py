@@ -1,10 +1,11 @@
 """Evaluate every run of the stability study at 1, 10 and 50 test steps, with plain and with backtracked steps.
 
-    python experiments/stability/evaluate_runs.py [--shard I/N] [--backtrack 8]
+    python experiments/stability/evaluate_runs.py [--shard I/N] [--backtrack 8] [--glob PATTERN] [--steps 1 10 50]
 
 Writes metatuv-eval's own files beside each checkpoint (``eval-test-<s>steps[-backtrack<N>]-600tasks.json``, the same
 600 meta-test tasks for every run), skipping those already there; one process, no start-up per evaluation. ``--shard
-I/N`` takes every N-th run from the I-th (two processes on two cores).
+I/N`` takes every N-th run from the I-th (two processes on two cores). ``--glob`` picks the runs under runs/ (default:
+the sinusoid grid), ``--steps`` the test-step settings.
 """
 
 from __future__ import annotations
@@ -19,20 +20,21 @@ from metatuv.evaluate import evaluate_checkpoint
 HERE = Path(__file__).resolve().parent
 TEST_STEPS = (1, 10, 50)
 TASKS = 600
+SINUSOID = "steps*/shots*/lr*/*/maxstep*/seed*"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shard", default="0/1", help="I/N: every N-th run from the I-th")
     p.add_argument("--backtrack", type=int, default=8, help="halvings of the backtracked evaluation (default 8)")
+    p.add_argument("--glob", default=SINUSOID, help=f"runs under runs/ (default {SINUSOID})")
+    p.add_argument("--steps", type=int, nargs="+", default=TEST_STEPS, help="test-step settings (default 1 10 50)")
     a = p.parse_args()
     i, n = map(int, a.shard.split("/"))
     torch.set_num_threads(1)
-    runs = sorted(
-        d for d in (HERE / "runs").glob("steps*/shots*/lr*/*/maxstep*/seed*") if (d / "results.json").exists()
-    )
+    runs = sorted(d for d in (HERE / "runs").glob(a.glob) if (d / "results.json").exists())
     for run in runs[i::n]:
-        for steps in TEST_STEPS:
+        for steps in a.steps:
             for bt in (0, a.backtrack):
                 name = f"eval-test-{steps}steps{f'-backtrack{bt}' if bt else ''}-{TASKS}tasks.json"
                 if (run / name).exists():
