@@ -52,10 +52,11 @@ def key(record: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in record.items() if k not in VALUES))
 
 
-def sync(study: Path, pattern: str, fields: Callable[[Path], dict]) -> list[dict]:
-    """``study/records.json`` merged with ``study/runs/<pattern>`` (results.json files; ``fields(path)`` gives the
-    study's identity fields of a run from its path); writes the merged list back and returns it."""
-    path = study / "records.json"
+def sync(study: Path, pattern: str, fields: Callable[[Path], dict], name: str = "records.json") -> list[dict]:
+    """``study/<name>`` (default records.json) merged with ``study/runs/<pattern>`` (results.json files;
+    ``fields(path)`` gives the study's identity fields of a run from its path); writes the merged list back and
+    returns it."""
+    path = study / name
     merged = {key(r): r for r in (json.loads(path.read_text()) if path.exists() else [])}
     for results in sorted((study / "runs").glob(pattern)):
         for record in run_scores(results):

@@ -3,6 +3,7 @@
 References are numpy / scipy / learn2learn and share no code with metatuv.nn.bounded or metatuv.meta.rule.
 """
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,28 @@ def test_bounded_layers_start_at_the_identity_and_keep_the_function():
         x = torch.randn(4, 2, dtype=D)
         torch.testing.assert_close(bounded(x), plain(x), atol=1e-12, rtol=0)
         assert all(isinstance(m, BoundedTUVLinear) for m in bounded.modules() if isinstance(m, TUVLayer))
+
+
+@pytest.mark.parametrize("bound", BOUNDS[1:])
+def test_a_plain_torch_state_dict_loads_strictly_into_a_bounded_model(bound):
+    """A plain nn.Linear / nn.Conv2d state dict (``weight``, ``bias``) into bounded layers whose factors are away
+    from the identity: U = T⁻¹·W·V⁻¹ with the computed T and V, the raw parameters kept, the plain function back."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)).double()
+    bounded = bound_factors(tuvify(copy.deepcopy(plain)), bound, B)
+    for m in bounded.modules():
+        if isinstance(m, TUVLayer):
+            with torch.no_grad():
+                for name, p in m.named_parameters(recurse=False):
+                    if name not in ("U", "bias"):
+                        p.add_(0.1 * torch.randn_like(p))
+    raw = {k: v.clone() for k, v in bounded.state_dict().items() if not k.endswith((".U", ".bias"))}
+    assert raw and all(not k.endswith((".T", ".V")) for k in raw)
+    bounded.load_state_dict(plain.state_dict())  # strict
+    for k, v in raw.items():
+        torch.testing.assert_close(bounded.state_dict()[k], v, atol=0, rtol=0)
+    x = torch.randn(5, 2, 4, 4, dtype=D)
+    torch.testing.assert_close(bounded(x), plain(x), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("bound", BOUNDS[1:])

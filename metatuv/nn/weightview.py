@@ -133,7 +133,8 @@ def solve_U(T: Tensor | None, W: Tensor, V: Tensor | None, shape: torch.Size, wh
 def _load_plain_weight(module: TUVLayer, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
     """A plain layer's ``weight`` (and ``bias``) in a state dict: U = T⁻¹·W·V⁻¹ with the layer's T and V.
 
-    T, V and mask logits absent from that state dict keep the layer's current values; with ``bias_inside_T`` the
+    T, V and mask logits absent from that state dict keep the layer's current values (a bounded layer's raw
+    parameters likewise: T and V are then its computed factors); with ``bias_inside_T`` the
     stored bias becomes T⁻¹·b, so the loaded layer computes W·x + b exactly.
     """
     key = prefix + "weight"
@@ -146,9 +147,9 @@ def _load_plain_weight(module: TUVLayer, state_dict, prefix, local_metadata, str
     V = state_dict.get(prefix + "V", module.V)
     name = prefix.rstrip(".") or type(module).__name__
     state_dict[prefix + "U"] = solve_U(T, state_dict.pop(key), V, module.U.shape, name).to(module.U.dtype)
-    for k in ("T", "V", "mask_logit"):
-        if getattr(module, k) is not None and prefix + k not in state_dict:
-            state_dict[prefix + k] = getattr(module, k).detach()
+    for k, p in module.named_parameters(recurse=False):  # T, V, mask_logit (bounded layers: T_raw, V_raw, ...)
+        if k not in ("U", "bias") and prefix + k not in state_dict:
+            state_dict[prefix + k] = p.detach()
     b = state_dict.get(prefix + "bias")
     if module.bias_inside_T and T is not None and b is not None:
         state_dict[prefix + "bias"] = torch.linalg.solve(T.detach().to(b.dtype), b)
