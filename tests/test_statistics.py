@@ -104,3 +104,43 @@ def test_normalize_keeps_direction_and_function_with_unit_mean_eigenvalue():
     A = torch.linalg.inv(tracker.A[""] + 1e-2 * torch.eye(3, dtype=D))
     assert torch.allclose(left / left.trace(), G / G.trace(), atol=1e-10)
     assert torch.allclose(right / right.trace(), A / A.trace(), atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (lambda: nn.Conv1d(3, 4, 3, dtype=D), (6, 3, 7)),
+        (lambda: nn.Conv3d(3, 4, 2, dtype=D), (6, 3, 3, 3, 3)),
+        (lambda: nn.Conv2d(4, 6, 3, groups=2, dtype=D), (6, 4, 5, 5)),
+    ],
+    ids=["conv1d", "conv3d", "conv2d-groups2"],
+)
+def test_reestimation_of_conv1d_conv3d_and_grouped_convs(conv, shape):
+    """A = E[x xᵀ] over samples and positions (a grouped conv: the mean of its groups' blocks), Γ likewise for the
+    per-sample output gradient, by hand in numpy; the layer's function unchanged."""
+    from metatuv.nn import tuvify
+
+    torch.manual_seed(0)
+    layer = tuvify(conv())
+    random_factors(layer)
+    x = torch.randn(*shape, dtype=D)
+    out = layer(x)
+    y = torch.randn_like(out)
+    before = out.detach()
+    tracker = reestimate(layer, lambda o, t: 0.5 * ((o - t) ** 2).flatten(1).sum(1).mean(), [(x, y)], damping=1e-3)
+    assert torch.allclose(layer(x), before, atol=1e-10, rtol=0)
+
+    g = layer.groups
+    xs = x.numpy().swapaxes(0, 1).reshape(shape[1], -1)
+    A = xs @ xs.T / xs.shape[1]
+    n = shape[1] // g
+    A = sum(A[i * n : (i + 1) * n, i * n : (i + 1) * n] for i in range(g)) / g
+    d = (before - y).numpy()  # per-sample δ of the summed half squared error
+    ds = d.swapaxes(0, 1).reshape(d.shape[1], -1)
+    G = ds @ ds.T / ds.shape[1]
+    assert tracker.A[""].shape == (n, n) and tracker.G[""].shape == (d.shape[1], d.shape[1])
+    assert torch.allclose(tracker.A[""], torch.from_numpy(A), atol=1e-12, rtol=0)
+    assert torch.allclose(tracker.G[""], torch.from_numpy(G), atol=1e-12, rtol=0)
+    left, right = factors(layer)
+    assert torch.allclose(right, torch.linalg.inv(torch.from_numpy(A) + 1e-3 * torch.eye(n, dtype=D)), atol=1e-8)
+    assert torch.allclose(left, torch.linalg.inv(torch.from_numpy(G) + 1e-3 * torch.eye(len(G), dtype=D)), atol=1e-8)

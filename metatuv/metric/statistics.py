@@ -8,8 +8,9 @@ makes that step the K-FAC natural-gradient step vec(ΔW) = −α ((A + λI)⁻¹
 symmetric roots T = (Γ + λI)^(−1/2), V = (A + λI)^(−1/2) and re-solve U = T⁻¹·W·V⁻¹ = (Γ + λI)^(1/2)·W·(A + λI)^(1/2)
 (square roots from one symmetric eigendecomposition each; no inverse is formed), so the layer's function is unchanged.
 
-Conv2d: V mixes input channels and T output channels (n×n, m×m), so A and Γ are *channel* covariances averaged over
-samples and spatial positions, not patch covariances (those would be n·k²×n·k², the shape of no factor here).
+Conv1d/2d/3d: V mixes input channels and T output channels (n×n, m×m), so A and Γ are *channel* covariances averaged
+over samples and spatial positions, not patch covariances (those would be n·k²×n·k², the shape of no factor here).
+A grouped conv's V (n/g × n/g) is shared by its g groups: A is the mean of the g within-group channel covariances.
 δ is the per-sample gradient (the batch-mean loss's gradient × batch size): the empirical Fisher.
 """
 
@@ -25,10 +26,15 @@ from metatuv.nn.tuv import TUVLayer
 MODES = ("learned", "statistics", "statistics_init")
 
 
-def _channel_cov(t: Tensor) -> Tensor:
-    """E[z zᵀ] over every dim but the channel one: (B, c) or (B, c, H, W) → (c, c)."""
-    z = t.transpose(0, 1).reshape(t.shape[1], -1) if t.dim() == 4 else t.T
-    return z @ z.T / z.shape[1]
+def _channel_cov(t: Tensor, groups: int = 1) -> Tensor:
+    """E[z zᵀ] over every dim but the channel one: (B, c) or (B, c, *spatial) (Conv1d/2d/3d) → (c, c); with
+    ``groups`` > 1 the mean of the g diagonal blocks, (c/g, c/g): a grouped conv's V is shared by its groups."""
+    z = t.transpose(0, 1).reshape(t.shape[1], -1)
+    cov = z @ z.T / z.shape[1]
+    if groups == 1:
+        return cov
+    n = t.shape[1] // groups
+    return torch.stack([cov[g * n : (g + 1) * n, g * n : (g + 1) * n] for g in range(groups)]).mean(0)
 
 
 class StatisticsTracker:
@@ -58,7 +64,7 @@ class StatisticsTracker:
 
         def hook(name: str):
             def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:
-                self._update(self.A, name, _channel_cov(inputs[0].detach()))
+                self._update(self.A, name, _channel_cov(inputs[0].detach(), getattr(module, "groups", 1)))
                 output.register_hook(lambda g: self._update(self.G, name, _channel_cov(g.detach() * batch)))
 
             return forward_hook
