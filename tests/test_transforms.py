@@ -161,3 +161,24 @@ def test_mask_noise_of_a_model_is_the_learners_own_draw():
     for n in ours:
         torch.testing.assert_close(ours[n], theirs[n], rtol=0, atol=0)
     assert mask_noise(mlp([1, 8, 1], True, True, False), 3) == {}  # no masks, no noise
+
+
+def test_logistic_noise_shape_distribution_and_guard(monkeypatch):
+    """ℓ = log u − log(1 − u), u ~ U(0, 1): Logistic(0, 1) (mean 0, variance π²/3, P(ℓ < 1) = σ(1)), one row per
+    task and one column per unit, in the dtype of ``like``; a draw of exactly 0 or 1 stays finite (u clamped)."""
+    import math
+
+    from metatuv.inner.transforms import logistic_noise
+
+    like = torch.zeros(2, dtype=torch.float64)
+    noise = logistic_noise({"a": 3, "b": 5}, 4000, torch.Generator().manual_seed(0), like)
+    assert noise["a"].shape == (4000, 3) and noise["b"].shape == (4000, 5)
+    assert noise["a"].dtype == noise["b"].dtype == torch.float64
+    x = torch.cat([noise["a"].flatten(), noise["b"].flatten()])
+    assert abs(x.mean().item()) < 0.05 and abs(x.var().item() - math.pi**2 / 3) < 0.15
+    assert abs((x < 1).double().mean().item() - 1 / (1 + math.exp(-1))) < 0.01
+    assert not torch.equal(noise["a"][0], noise["a"][1])  # tasks draw their own noise
+
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: torch.tensor([[0.0, 1.0]], dtype=kw["dtype"]))
+    edge = logistic_noise({"a": 2}, 1, None, like)["a"]
+    assert torch.isfinite(edge).all() and edge[0, 0] < -13 and edge[0, 1] > 13

@@ -72,9 +72,12 @@ def fields(results: Path) -> dict:
 
 def label(r: dict) -> str:
     """The preset, with its bound on the effective step when it has one and its test-time step rule:
-    'tuv_bounded (max_step 1), backtracked' (metatuv.inner.backtrack) or 'tuv_bounded (max_step 1), plain'."""
+    'tuv_bounded (max_step 1), backtracked' (metatuv.inner.backtrack, 8 halvings), 'tuv, backtracked ×2' (another
+    number of halvings, the backtrack sweep) or 'tuv_bounded (max_step 1), plain'."""
     bound = f" (max_step {r['max_step_bound']:g})" if r.get("max_step_bound") is not None else ""
-    return f"{r['preset']}{bound}, {'backtracked' if r.get('backtrack') else 'plain'}"
+    n = r.get("backtrack", 0)
+    rule = "plain" if not n else "backtracked" if n == 8 else f"backtracked ×{n}"
+    return f"{r['preset']}{bound}, {rule}"
 
 
 def failed_runs() -> list[str]:
