@@ -166,6 +166,9 @@ def test_a_plain_torch_state_dict_loads_strictly_into_a_bounded_model(bound):
         torch.testing.assert_close(bounded.state_dict()[k], v, atol=0, rtol=0)
     x = torch.randn(5, 2, 4, 4, dtype=D)
     torch.testing.assert_close(bounded(x), plain(x), atol=1e-10, rtol=0)
+    mixed = {**plain.state_dict(), **raw}  # weight with raw factors: which T would U = T⁻¹·W·V⁻¹ use? refused
+    with pytest.raises(RuntimeError, match="holds '0.weight' and the bounded layer's raw factors"):
+        bounded.load_state_dict(mixed)
 
 
 @pytest.mark.parametrize("bound", BOUNDS[1:])

@@ -143,6 +143,13 @@ def _load_plain_weight(module: TUVLayer, state_dict, prefix, local_metadata, str
     if prefix + "U" in state_dict:
         errors.append(f"state dict holds both {key!r} and {prefix + 'U'!r}; keep only one of them.")
         return
+    computed = [prefix + k for k, _ in module.named_parameters(recurse=False) if k.startswith(("T_", "V_", "bound"))]
+    if any(k in state_dict for k in computed):  # a bounded layer: T and V would come from the loaded raw values
+        errors.append(
+            f"state dict holds {key!r} and the bounded layer's raw factors ({', '.join(computed)}); load either a "
+            f"plain layer's state dict ({key!r}, bias) or a bounded model's own ({prefix + 'U'!r} and raw factors)."
+        )
+        return
     T = state_dict.get(prefix + "T", module.T)
     V = state_dict.get(prefix + "V", module.V)
     name = prefix.rstrip(".") or type(module).__name__
