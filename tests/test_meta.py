@@ -227,3 +227,16 @@ def test_vmapped_evaluation_equals_the_task_loop(preset, net):
         scores[vectorize] = evaluate(learner, itertools.repeat(tuple(batch)), 12, 3, metric, False, seed=1)
     assert scores["vmap"] == pytest.approx(scores["loop"], rel=1e-10, abs=1e-12)
     assert scores["auto"] == pytest.approx(scores["loop"], rel=1e-10, abs=1e-12)
+
+
+def test_evaluate_defaults_to_600_tasks_with_a_progress_bar(capsys):
+    """The protocol's 600 test tasks when ``tasks`` is not given, and a progress bar unless ``progress=False``."""
+    from metatuv.meta import evaluate
+
+    learner = tiny_learner(steps=1)
+    batch = tiny_batch(tasks=25)
+    _, _, scores = evaluate(learner, itertools.repeat(batch), steps=1, per_task=True)
+    assert scores.shape == (600,)
+    assert "evaluate" in capsys.readouterr().err
+    evaluate(learner, itertools.repeat(batch), 30, 1, progress=False)
+    assert "evaluate" not in capsys.readouterr().err
