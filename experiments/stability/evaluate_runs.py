@@ -3,9 +3,9 @@
     python experiments/stability/evaluate_runs.py [--shard I/N] [--backtrack 8] [--glob PATTERN] [--steps 1 10 50]
 
 Writes metatuv-eval's own files beside each checkpoint (``eval-test-<s>steps[-backtrack<N>]-600tasks.json``, the same
-600 meta-test tasks for every run), skipping those already there; one process, no start-up per evaluation. ``--shard
-I/N`` takes every N-th run from the I-th (two processes on two cores). ``--glob`` picks the runs under runs/ (default:
-the sinusoid grid), ``--steps`` the test-step settings.
+600 meta-test tasks for every run), skipping those already there or in the run's results.json; one process, no
+start-up per evaluation. ``--shard I/N`` takes every N-th run from the I-th (two processes on two cores). ``--glob``
+picks the runs under runs/ (default: the sinusoid grid), ``--steps`` the test-step settings.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from metatuv.evaluate import evaluate_checkpoint
 
@@ -21,6 +22,14 @@ HERE = Path(__file__).resolve().parent
 TEST_STEPS = (1, 10, 50)
 TASKS = 600
 SINUSOID = "steps*/shots*/lr*/*/maxstep*/seed*"
+
+
+def in_results(run: Path, steps: int, backtrack: int) -> bool:
+    """Whether the run's own results.json already holds this evaluation (its config's test steps, 600 tasks and
+    test-time step rule): metatuv-eval gives the same number on the same test tasks, so it is not run twice."""
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    own = int(OmegaConf.select(cfg, "model.backtrack", default=0) or 0)
+    return (int(cfg.inner.test_steps), int(cfg.eval.tasks), own) == (steps, TASKS, backtrack)
 
 
 def main() -> None:
@@ -37,7 +46,7 @@ def main() -> None:
         for steps in a.steps:
             for bt in (0, a.backtrack):
                 name = f"eval-test-{steps}steps{f'-backtrack{bt}' if bt else ''}-{TASKS}tasks.json"
-                if (run / name).exists():
+                if (run / name).exists() or in_results(run, steps, bt):
                     continue
                 r = evaluate_checkpoint(run, TASKS, steps, progress=False, backtrack=bt)
                 print(f"{run.relative_to(HERE)} {steps} steps, backtrack {bt}: {r['mean']}", flush=True)
