@@ -240,3 +240,23 @@ def test_evaluate_defaults_to_600_tasks_with_a_progress_bar(capsys):
     assert "evaluate" in capsys.readouterr().err
     evaluate(learner, itertools.repeat(batch), 30, 1, progress=False)
     assert "evaluate" not in capsys.readouterr().err
+
+
+def test_evaluate_takes_two_tasks_and_its_mask_noise_from_seed():
+    """Two tasks are enough for a CI (fewer are refused); an MT-net's test-time mask noise is drawn from ``seed``
+    (default 0): the same seed gives the same scores, another seed other scores."""
+    from metatuv.meta import evaluate, get_preset
+    from metatuv.nn import mlp
+
+    torch.manual_seed(0)
+    model = mlp([1, 8, 1], True, False, True).double()
+    learner = MetaLearner.from_preset(model, get_preset("mtnet"), mse, 0.3, 1)
+    batch = tuple(torch.randn(4, 5, 1, dtype=D) for _ in range(4))
+    batches = lambda: itertools.repeat(batch)  # noqa: E731
+    mean, ci = evaluate(learner, batches(), 2, progress=False)
+    assert torch.isfinite(torch.tensor([mean, ci])).all()
+    with pytest.raises(ValueError, match="tasks=1 must be >= 2"):
+        evaluate(learner, batches(), 1, progress=False)
+    default = evaluate(learner, batches(), 4, progress=False, per_task=True)[2]
+    torch.testing.assert_close(default, evaluate(learner, batches(), 4, progress=False, seed=0, per_task=True)[2])
+    assert not torch.equal(default, evaluate(learner, batches(), 4, progress=False, seed=1, per_task=True)[2])
