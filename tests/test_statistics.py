@@ -144,3 +144,21 @@ def test_reestimation_of_conv1d_conv3d_and_grouped_convs(conv, shape):
     left, right = factors(layer)
     assert torch.allclose(right, torch.linalg.inv(torch.from_numpy(A) + 1e-3 * torch.eye(n, dtype=D)), atol=1e-8)
     assert torch.allclose(left, torch.linalg.inv(torch.from_numpy(G) + 1e-3 * torch.eye(len(G), dtype=D)), atol=1e-8)
+
+
+def test_reestimation_of_a_linear_layer_on_sequences():
+    """nn.Linear on (B, S, F) input: A and Γ are covariances of the LAST dim over samples and positions (numpy)."""
+    from metatuv.nn import tuvify
+
+    torch.manual_seed(0)
+    layer = tuvify(nn.Linear(3, 4, dtype=D))
+    random_factors(layer)
+    x = torch.randn(6, 5, 3, dtype=D)
+    y = torch.randn(6, 5, 4, dtype=D)
+    before = layer(x).detach()
+    tracker = reestimate(layer, lambda o, t: 0.5 * ((o - t) ** 2).flatten(1).sum(1).mean(), [(x, y)], damping=1e-3)
+    assert torch.allclose(layer(x), before, atol=1e-10, rtol=0)
+    xs = x.numpy().reshape(-1, 3)
+    ds = (before - y).numpy().reshape(-1, 4)
+    assert torch.allclose(tracker.A[""], torch.from_numpy(xs.T @ xs / len(xs)), atol=1e-12, rtol=0)
+    assert torch.allclose(tracker.G[""], torch.from_numpy(ds.T @ ds / len(ds)), atol=1e-12, rtol=0)

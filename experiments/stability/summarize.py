@@ -37,7 +37,8 @@ def last_max_steps(run: Path) -> str:
         steps = {k.split("/")[1]: v for k, v in d.items() if k.endswith("/max_step")}
         if steps:
             found = steps
-    return " ".join(f"{k}:{v:.3g}" for k, v in sorted(found.items()))
+    order = sorted(found.items(), key=lambda kv: (len(kv[0]), kv[0]))  # layers 0, 3, 6, 9, 13 in model order
+    return " ".join(f"{k}:{v:.3g}" for k, v in order)
 
 
 def kfo_max_steps(run: Path) -> str:

@@ -26,14 +26,15 @@ from metatuv.nn.tuv import TUVLayer
 MODES = ("learned", "statistics", "statistics_init")
 
 
-def _channel_cov(t: Tensor, groups: int = 1) -> Tensor:
-    """E[z zᵀ] over every dim but the channel one: (B, c) or (B, c, *spatial) (Conv1d/2d/3d) → (c, c); with
-    ``groups`` > 1 the mean of the g diagonal blocks, (c/g, c/g): a grouped conv's V is shared by its groups."""
-    z = t.transpose(0, 1).reshape(t.shape[1], -1)
+def _channel_cov(t: Tensor, dim: int = 1, groups: int = 1) -> Tensor:
+    """E[z zᵀ] over every dim but the channel one, ``dim``: a Linear's features are its last dim ((B, c) or
+    (B, …, c)), a Conv1d/2d/3d's channels dim 1 ((B, c, *spatial)) → (c, c); with ``groups`` > 1 the mean of the g
+    diagonal blocks, (c/g, c/g): a grouped conv's V is shared by its groups."""
+    z = t.movedim(dim, 0).reshape(t.shape[dim], -1)
     cov = z @ z.T / z.shape[1]
     if groups == 1:
         return cov
-    n = t.shape[1] // groups
+    n = t.shape[dim] // groups
     return torch.stack([cov[g * n : (g + 1) * n, g * n : (g + 1) * n] for g in range(groups)]).mean(0)
 
 
@@ -64,8 +65,9 @@ class StatisticsTracker:
 
         def hook(name: str):
             def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:
-                self._update(self.A, name, _channel_cov(inputs[0].detach(), getattr(module, "groups", 1)))
-                output.register_hook(lambda g: self._update(self.G, name, _channel_cov(g.detach() * batch)))
+                dim = -1 if isinstance(module, nn.Linear) else 1
+                self._update(self.A, name, _channel_cov(inputs[0].detach(), dim, getattr(module, "groups", 1)))
+                output.register_hook(lambda g: self._update(self.G, name, _channel_cov(g.detach() * batch, dim)))
 
             return forward_hook
 
