@@ -368,3 +368,16 @@ def test_statistics_refuse_bounded_and_bias_inside_T_layers():
     ):
         with pytest.raises(ValueError, match="cannot take T and V from statistics"):
             set_from_statistics(layer, A, G)
+
+
+def test_a_float32_plain_state_dict_with_bias_inside_T_loads_in_the_layers_precision():
+    """y = T(U·V·x + b): the stored bias becomes T⁻¹·b, solved in the float64 layer's precision, not float32's."""
+    torch.manual_seed(0)
+    plain = nn.Linear(4, 3)  # float32
+    layer = bound_factors(tuvify(nn.Linear(4, 3).double(), bias_inside_T=True), "tanh", B)
+    with torch.no_grad():
+        layer.T_raw.add_(0.3 * torch.randn_like(layer.T_raw))
+    layer.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 4, dtype=D)
+    expected = x @ plain.weight.double().T + plain.bias.double()
+    torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)

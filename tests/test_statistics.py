@@ -162,3 +162,25 @@ def test_reestimation_of_a_linear_layer_on_sequences():
     ds = (before - y).numpy().reshape(-1, 4)
     assert torch.allclose(tracker.A[""], torch.from_numpy(xs.T @ xs / len(xs)), atol=1e-12, rtol=0)
     assert torch.allclose(tracker.G[""], torch.from_numpy(ds.T @ ds / len(ds)), atol=1e-12, rtol=0)
+
+
+def test_a_layer_used_twice_in_one_pass_averages_its_uses():
+    """A tied layer (the same nn.Linear at two places): A is the equal-weight mean of its two inputs' covariances
+    within one pass (not a running average over the uses); a second pass then updates the running average once."""
+    from metatuv.nn import tuvify
+
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 3, dtype=D)
+    net = tuvify(nn.Sequential(lin, nn.Tanh(), lin))
+    x, y = torch.randn(8, 3, dtype=D), torch.randn(8, 3, dtype=D)
+    h = torch.tanh(net[0](x)).detach().numpy()
+    xs = x.numpy()
+    tracker = StatisticsTracker(net, decay=0.5)
+    tracker.observe(half_sse, x, y)
+    assert list(tracker.A) == ["0"]
+    A = (xs.T @ xs / 8 + h.T @ h / 8) / 2
+    assert torch.allclose(tracker.A["0"], torch.from_numpy(A), atol=1e-12, rtol=0)
+    tracker.observe(half_sse, 2 * x, y)
+    h2 = torch.tanh(net[0](2 * x)).detach().numpy()
+    A2 = (4 * xs.T @ xs / 8 + h2.T @ h2 / 8) / 2
+    assert torch.allclose(tracker.A["0"], torch.from_numpy(0.5 * A + 0.5 * A2), atol=1e-12, rtol=0)

@@ -60,14 +60,19 @@ class StatisticsTracker:
         self.A, self.G = dict(state["A"]), dict(state["G"])
 
     def observe(self, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> None:
-        """One forward/backward pass of the model's own parameters on (x, y), recording A and Γ per layer."""
+        """One forward/backward pass of the model's own parameters on (x, y), recording A and Γ per layer (a layer
+        used several times in the pass, e.g. tied: the mean over its uses, then one running-average update)."""
         handles, batch = [], x.shape[0]
+        seen_A: dict[str, list[Tensor]] = {}
+        seen_G: dict[str, list[Tensor]] = {}
 
         def hook(name: str):
             def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:
                 dim = -1 if isinstance(module, nn.Linear) else 1
-                self._update(self.A, name, _channel_cov(inputs[0].detach(), dim, getattr(module, "groups", 1)))
-                output.register_hook(lambda g: self._update(self.G, name, _channel_cov(g.detach() * batch, dim)))
+                seen_A.setdefault(name, []).append(_channel_cov(inputs[0].detach(), dim, getattr(module, "groups", 1)))
+                output.register_hook(
+                    lambda g: seen_G.setdefault(name, []).append(_channel_cov(g.detach() * batch, dim))
+                )
 
             return forward_hook
 
@@ -79,6 +84,9 @@ class StatisticsTracker:
         finally:
             for h in handles:
                 h.remove()
+        for store, seen in ((self.A, seen_A), (self.G, seen_G)):
+            for name, values in seen.items():
+                self._update(store, name, torch.stack(values).mean(0))
 
 
 def _roots(S: Tensor, damping: float, normalize: bool) -> tuple[Tensor, Tensor]:

@@ -143,11 +143,13 @@ def _load_plain_weight(module: TUVLayer, state_dict, prefix, local_metadata, str
     if prefix + "U" in state_dict:
         errors.append(f"state dict holds both {key!r} and {prefix + 'U'!r}; keep only one of them.")
         return
-    computed = [prefix + k for k, _ in module.named_parameters(recurse=False) if k.startswith(("T_", "V_", "bound"))]
-    if any(k in state_dict for k in computed):  # a bounded layer: T and V would come from the loaded raw values
+    bounded = getattr(module, "bound", None) is not None  # T and V computed from raw parameters (nn/bounded.py)
+    raw = [prefix + k for k, _ in module.named_parameters(recurse=False) if k not in ("U", "bias", "mask_logit")]
+    if bounded and any(k in state_dict for k in raw):  # T and V would come from the loaded raw values: refused
         errors.append(
-            f"state dict holds {key!r} and the bounded layer's raw factors ({', '.join(computed)}); load either a "
-            f"plain layer's state dict ({key!r}, bias) or a bounded model's own ({prefix + 'U'!r} and raw factors)."
+            f"state dict holds {key!r} and the bounded layer's raw factors "
+            f"({', '.join(k for k in raw if k in state_dict)}); load either a plain layer's state dict ({key!r}, "
+            f"bias) or a bounded model's own ({prefix + 'U'!r} and raw factors)."
         )
         return
     T = state_dict.get(prefix + "T", module.T)
@@ -159,4 +161,4 @@ def _load_plain_weight(module: TUVLayer, state_dict, prefix, local_metadata, str
             state_dict[prefix + k] = p.detach()
     b = state_dict.get(prefix + "bias")
     if module.bias_inside_T and T is not None and b is not None:
-        state_dict[prefix + "bias"] = torch.linalg.solve(T.detach().to(b.dtype), b)
+        state_dict[prefix + "bias"] = torch.linalg.solve(T.detach(), b.to(T.dtype))  # in the layer's precision
