@@ -237,9 +237,13 @@ def test_evaluate_defaults_to_600_tasks_with_a_progress_bar(capsys):
     batch = tiny_batch(tasks=25)
     _, _, scores = evaluate(learner, itertools.repeat(batch), steps=1, per_task=True)
     assert scores.shape == (600,)
-    assert "evaluate" in capsys.readouterr().err
+    assert "evaluate: 100%" in (err := capsys.readouterr().err) and "600/600" in err
+    evaluate(learner, itertools.repeat(batch), 30, 1)
+    assert "evaluate: 100%" in (err := capsys.readouterr().err) and "30/30" in err
     evaluate(learner, itertools.repeat(batch), 30, 1, progress=False)
     assert "evaluate" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match="task stream ended after 2 meta-batches"):
+        evaluate(learner, iter([batch, batch]), 60, 1, progress=False)  # 50 tasks, then nothing
 
 
 def test_evaluate_takes_two_tasks_and_its_mask_noise_from_seed():
@@ -260,3 +264,37 @@ def test_evaluate_takes_two_tasks_and_its_mask_noise_from_seed():
     default = evaluate(learner, batches(), 4, progress=False, per_task=True)[2]
     torch.testing.assert_close(default, evaluate(learner, batches(), 4, progress=False, seed=0, per_task=True)[2])
     assert not torch.equal(default, evaluate(learner, batches(), 4, progress=False, seed=1, per_task=True)[2])
+
+
+def test_evaluate_vectorize_loop_scores_one_task_at_a_time(monkeypatch):
+    """``vectorize="loop"`` never vmaps (a model with data-dependent control flow, which vmap refuses, evaluates);
+    ``"vmap"`` does, in one call per chunk; the two give the same scores (float64)."""
+    from metatuv.meta import evaluate
+    from metatuv.meta import evaluation as ev
+
+    class Branchy(nn.Module):  # `if` on a tensor's value: fine eagerly, an error under vmap
+        def __init__(self):
+            super().__init__()
+            self.lin = TUVLinear(2, 2, dtype=D)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return out if out.sum() > -1e9 else -out
+
+    torch.manual_seed(0)
+    batch = tiny_batch(tasks=6)
+    scores = {}
+    calls = []
+    real = ev.vmap
+    monkeypatch.setattr(ev, "vmap", lambda f: calls.append(1) or real(f))
+    for vectorize in ("loop", "vmap"):
+        torch.manual_seed(0)
+        learner = MetaLearner(Branchy(), half_sse, lr=0.1, steps=1, vectorize=vectorize)
+        if vectorize == "vmap":
+            with pytest.raises(RuntimeError):
+                evaluate(learner, itertools.repeat(batch), 6, 1, progress=False)
+            learner = MetaLearner(nn.Sequential(learner.model.lin), half_sse, lr=0.1, steps=1, vectorize=vectorize)
+        calls.clear()
+        scores[vectorize] = evaluate(learner, itertools.repeat(batch), 6, 1, progress=False, per_task=True)[2]
+        assert len(calls) == (0 if vectorize == "loop" else 1), (vectorize, calls)
+    torch.testing.assert_close(scores["loop"], scores["vmap"], rtol=0, atol=1e-12)

@@ -50,7 +50,7 @@ def kfo_max_steps(run: Path) -> str:
     state, _ = load_checkpoint(run / "checkpoint.pt")
     lr, w = float(state["config"]["inner"]["lr"]), state["learner"]
     out = []
-    for k in sorted(k for k in w if k.startswith("rule.kfo.") and k.endswith("_l")):
+    for k in sorted((k for k in w if k.startswith("rule.kfo.") and k.endswith("_l")), key=lambda k: (len(k), k)):
         A, B = w[k].double(), w[k[:-2] + "_r"].double()
         lam = torch.linalg.eigvalsh(A.T @ A)[-1] * torch.linalg.eigvalsh(B.T @ B)[-1]
         out.append(f"{k[len('rule.kfo.') :].split('__')[0]}:{lr * lam.item():.3g}")

@@ -68,10 +68,11 @@ def evaluate(
         return metric(learner.problem.forward(adapted, xq), yq)
 
     scores: list[Tensor] = []  # one 1-d tensor of task scores per chunk
-    done = 0
+    done = drawn = 0  # tasks scored, meta-batches drawn
     with torch.no_grad(), tqdm(total=tasks, desc="evaluate", disable=not progress, mininterval=0.5) as bar:
         while done < tasks:
-            batch = next_batch(batches, done)
+            batch = next_batch(batches, drawn)
+            drawn += 1
             extras = learner.sample_extras(len(batch[0]), generator)
             n = min(len(batch[0]), tasks - done)
             size = 1 if learner.vectorize == "loop" else (learner.chunk_size or n)
