@@ -52,6 +52,11 @@ def test_mask_state_is_drawn_once_per_task():
     zeta, noise = rnd(4, seed=1), rnd(4, seed=2)
     state = t.init({"z": zeta}, {"zn": noise})
     torch.testing.assert_close(state["z"], mask_sample(zeta, noise, 1.0), rtol=0, atol=0)
+    # the default temperature is 1: the straight-through gradient is σ'(ζ + ℓ), not σ'((ζ + ℓ)/τ)/τ of another τ
+    z = zeta.clone().requires_grad_()
+    (ours,) = torch.autograd.grad(t.init({"z": z}, {"zn": noise})["z"].sum(), z)
+    s = torch.sigmoid(zeta + noise)
+    torch.testing.assert_close(ours, s * (1 - s), rtol=1e-12, atol=0)
     g = {"U": rnd(4, 3)}
     assert torch.equal(t.update(0, g, state, {})["U"], t.update(7, g, state, {})["U"])  # the same mask every step
 
@@ -182,3 +187,38 @@ def test_logistic_noise_shape_distribution_and_guard(monkeypatch):
     monkeypatch.setattr(torch, "rand", lambda *size, **kw: torch.tensor([[0.0, 1.0]], dtype=kw["dtype"]))
     edge = logistic_noise({"a": 2}, 1, None, like)["a"]
     assert torch.isfinite(edge).all() and edge[0, 0] < -13 and edge[0, 1] > 13
+
+
+def test_inner_rule_defaults_are_fixed_rate_steps_with_unit_temperature():
+    """InnerRule(model, names, lr, steps) alone: the fixed rate, no curvature, no KFO factors, mask temperature 1 —
+    its step and its mask-logit gradient equal those of the rule with every default spelled out, and differ from
+    τ = 2's gradient (so the comparison can see the temperature)."""
+    from metatuv.meta.rule import InnerRule
+    from metatuv.nn import fast_names, mlp
+
+    torch.manual_seed(0)
+    model = mlp([2, 4, 3], True, False, True).double()
+    names = fast_names(model)
+    rules = {
+        "default": InnerRule(model, names, 0.1, 2),
+        "explicit": InnerRule(model, names, 0.1, 2, "fixed", False, 1.0, False),
+        "tau2": InnerRule(model, names, 0.1, 2, "fixed", False, 2.0, False),
+    }
+    assert list(rules["default"].named_parameters()) == []  # no learned rates, curvature or KFO factors
+    noise = {k: v[0] for k, v in rules["default"].mask_noise(1, torch.Generator().manual_seed(0), model[0].U).items()}
+    grads = {n: torch.randn_like(dict(model.named_parameters())[n]) for n in names}
+    out = {}
+    for key, rule in rules.items():
+        params = {"model." + n: p for n, p in model.named_parameters()}
+        t = rule.transform()
+        step = t.update(0, grads, t.init(params, noise), params)
+        logits = [p for n, p in params.items() if n.endswith("mask_logit")]
+        out[key] = (step, torch.autograd.grad(sum(s.sum() for s in step.values()), logits))
+    for n in names:
+        torch.testing.assert_close(out["default"][0][n], out["explicit"][0][n], rtol=0, atol=0)
+    torch.testing.assert_close(out["default"][0]["0.U"], 0.1 * grads["0.U"] * (out["default"][0]["0.U"] != 0))
+    for a, b in zip(out["default"][1], out["explicit"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.allclose(a, b) for a, b in zip(out["default"][1], out["tau2"][1], strict=True))
+    with pytest.raises(ValueError, match="mask_temperature=0.0 must be > 0"):
+        InnerRule(model, names, 0.1, 2, mask_temperature=0.0)
