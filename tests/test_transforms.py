@@ -222,3 +222,61 @@ def test_inner_rule_defaults_are_fixed_rate_steps_with_unit_temperature():
     assert not all(torch.allclose(a, b) for a, b in zip(out["default"][1], out["tau2"][1], strict=True))
     with pytest.raises(ValueError, match="mask_temperature=0.0 must be > 0"):
         InnerRule(model, names, 0.1, 2, mask_temperature=0.0)
+
+
+def test_inner_rule_transform_reads_model_and_rule_parameters_by_their_default_prefixes():
+    """``transform()`` reads mask logits as ``model.<name>`` and the rule's own parameters as ``rule.<name>`` (the
+    MetaLearner's names): learned Meta-SGD rates set to 2α give a step of 2α·m⊙g."""
+    from metatuv.meta.rule import InnerRule
+    from metatuv.nn import fast_names
+
+    torch.manual_seed(0)
+    model = tuvify(nn.Sequential(nn.Linear(2, 3)), use_mask=True).double()
+    names = fast_names(model)
+    rule = InnerRule(model, names, 0.1, 2, "metasgd")
+    with torch.no_grad():
+        for q in rule.parameters():
+            q.fill_(0.2)
+    params = {
+        **{"model." + n: p for n, p in model.named_parameters()},
+        **{"rule." + n: q for n, q in rule.named_parameters()},
+    }
+    noise = {k: v[0] for k, v in rule.mask_noise(1, torch.Generator().manual_seed(0), model[0].U).items()}
+    grads = {n: rnd(*dict(model.named_parameters())[n].shape, seed=4) for n in names}
+    t = rule.transform()
+    step = t.update(0, grads, t.init(params, noise), params)
+    m = mask_sample(model[0].mask_logit, noise["0.mask_logit"], 1.0).detach()
+    torch.testing.assert_close(step["0.U"], 0.2 * m[:, None] * grads["0.U"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(step["0.bias"], 0.2 * m * grads["0.bias"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["metacurvature", "kfo"])
+def test_curvature_and_kfo_on_a_conv_with_a_non_square_kernel(preset):
+    """A (3, 2) kernel: Meta-Curvature's M_f is (kh·kw) × (kh·kw) and MetaKFO's right factor acts on (i, kh·kw) per
+    output channel — the meta-loss and its meta-gradient are finite and reach every factor."""
+    from metatuv.meta import get_preset
+
+    torch.manual_seed(0)
+    model = tuvify(nn.Sequential(nn.Conv2d(2, 3, (3, 2)), nn.Flatten(), nn.Linear(3 * 2 * 3, 2))).double()
+    learner = MetaLearner.from_preset(model, get_preset(preset), mse, 0.1, 2)
+    batch = (rnd(2, 4, 2, 4, 4, seed=1), rnd(2, 4, 2, seed=2), rnd(2, 4, 2, 4, 4, seed=3), rnd(2, 4, 2, seed=4))
+    loss = learner.task_losses(batch).mean()
+    factors = [q for n, q in learner.named_parameters() if n.startswith(("rule.curvature.", "rule.kfo."))]
+    assert factors and torch.isfinite(loss)
+    grads = torch.autograd.grad(loss, factors)
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_mtnet_rule_on_a_bare_masked_layer():
+    """The model IS the masked layer (no container): its mask logit is ``mask_logit`` and gates U and the bias."""
+    from metatuv.meta.rule import InnerRule
+    from metatuv.nn import fast_names
+
+    torch.manual_seed(0)
+    layer = tuvify(nn.Linear(2, 3), use_mask=True).double()
+    rule = InnerRule(layer, fast_names(layer), 0.1, 1)
+    assert rule.masked == {"mask_logit": ["U", "bias"]}
+    learner = MetaLearner(layer, mse, 0.1, 1)
+    batch = (rnd(2, 4, 2, seed=1), rnd(2, 4, 3, seed=2), rnd(2, 4, 2, seed=3), rnd(2, 4, 3, seed=4))
+    (g,) = torch.autograd.grad(learner.task_losses(batch).mean(), [layer.mask_logit])
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
