@@ -381,3 +381,8 @@ def test_a_float32_plain_state_dict_with_bias_inside_T_loads_in_the_layers_preci
     x = torch.randn(5, 4, dtype=D)
     expected = x @ plain.weight.double().T + plain.bias.double()
     torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)
+
+
+def test_bounded_layer_repr_names_its_bound():
+    layer = bound_factors(tuvify(nn.Linear(2, 3)), "tanh", B)
+    assert repr(layer).endswith("U=(3, 2), T=True, V=True, bias=True, mask_logit=False, bound=tanh, max_eig=6)")

@@ -534,3 +534,17 @@ def test_primitive_batch_norm_refuses_other_shapes(shape):
 
     with pytest.raises(ValueError):
         BatchNorm(4)(torch.randn(*shape))
+
+
+def test_fast_parameters_default_and_a_parameter_shared_by_two_modules():
+    """Without ``head_only`` every layer adapts; a Parameter shared by two modules (tied biases) is listed under both
+    of fast_names' names, so the list stays aligned with fast_names (same length and order)."""
+    from metatuv.nn import fast_names, fast_parameters, mlp
+
+    model = mlp([1, 8, 8, 1], True, True, False)
+    assert fast_parameters(model) == fast_parameters(model, False) != fast_parameters(model, True)
+    tied = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    tied[1].bias = tied[0].bias
+    names, params = fast_names(tied), fast_parameters(tied)
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert len(params) == 4 and params[1] is params[3] is tied[0].bias

@@ -26,7 +26,7 @@ from metatuv.nn.tuv import TUVLayer
 MODES = ("learned", "statistics", "statistics_init")
 
 
-def _channel_cov(t: Tensor, dim: int = 1, groups: int = 1) -> Tensor:
+def _channel_cov(t: Tensor, dim: int, groups: int = 1) -> Tensor:
     """E[z zᵀ] over every dim but the channel one, ``dim``: a Linear's features are its last dim ((B, c) or
     (B, …, c)), a Conv1d/2d/3d's channels dim 1 ((B, c, *spatial)) → (c, c); with ``groups`` > 1 the mean of the g
     diagonal blocks, (c/g, c/g): a grouped conv's V is shared by its groups."""
