@@ -386,3 +386,24 @@ def test_a_float32_plain_state_dict_with_bias_inside_T_loads_in_the_layers_preci
 def test_bounded_layer_repr_names_its_bound():
     layer = bound_factors(tuvify(nn.Linear(2, 3)), "tanh", B)
     assert repr(layer).endswith("U=(3, 2), T=True, V=True, bias=True, mask_logit=False, bound=tanh, max_eig=6)")
+
+
+def test_bound_factors_edges_small_bound_non_identity_V_and_twice():
+    """Any bound above 1 is accepted (1.5 holds λmax(P) < 1.5); a layer whose V (not only T) was already learned is
+    refused; bounding a bounded model again changes nothing."""
+    torch.manual_seed(0)
+    model = bound_factors(mlp([2, 5, 3]).double(), "tanh", 1.5)
+    layer = model[0]
+    with torch.no_grad():
+        layer.T_raw.mul_(10.0)
+        layer.V_raw.mul_(10.0)
+    lam = np.linalg.eigvalsh(np.kron(layer.V.detach().numpy().T @ layer.V.detach().numpy(),
+                                     layer.T.detach().numpy() @ layer.T.detach().numpy().T)).max()  # fmt: skip
+    assert 1 < lam < 1.5
+    again = bound_factors(model, "tanh", 1.5)
+    assert again is model and again[0] is layer
+    fresh = mlp([2, 5, 3]).double()
+    with torch.no_grad():
+        fresh[0].V.add_(0.1)
+    with pytest.raises(ValueError, match="T or V is not the identity"):
+        bound_factors(fresh, "tanh", B)
