@@ -11,25 +11,27 @@ picks the runs under runs/ (default: the sinusoid grid), ``--steps`` the test-st
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from metatuv.evaluate import evaluate_checkpoint
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from records import run_scores  # noqa: E402
+
 TEST_STEPS = (1, 10, 50)
 TASKS = 600
 SINUSOID = "steps*/shots*/lr*/*/maxstep*/seed*"
 
 
 def in_results(run: Path, steps: int, backtrack: int) -> bool:
-    """Whether the run's own results.json already holds this evaluation (its config's test steps, 600 tasks and
-    test-time step rule): metatuv-eval gives the same number on the same test tasks, so it is not run twice."""
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    own = int(OmegaConf.select(cfg, "model.backtrack", default=0) or 0)
-    return (int(cfg.inner.test_steps), int(cfg.eval.tasks), own) == (steps, TASKS, backtrack)
+    """Whether the run already holds this evaluation (600 tasks, ``steps`` test steps, this step rule): in its
+    results.json or a metatuv-eval file beside it (``records.run_scores``, which reads both)."""
+    want = (steps, TASKS, backtrack)
+    return any((r["test_steps"], r["tasks"], r.get("backtrack", 0)) == want for r in run_scores(run / "results.json"))
 
 
 def main() -> None:
@@ -45,8 +47,7 @@ def main() -> None:
     for run in runs[i::n]:
         for steps in a.steps:
             for bt in (0, a.backtrack):
-                name = f"eval-test-{steps}steps{f'-backtrack{bt}' if bt else ''}-{TASKS}tasks.json"
-                if (run / name).exists() or in_results(run, steps, bt):
+                if in_results(run, steps, bt):
                     continue
                 r = evaluate_checkpoint(run, TASKS, steps, progress=False, backtrack=bt)
                 print(f"{run.relative_to(HERE)} {steps} steps, backtrack {bt}: {r['mean']}", flush=True)
