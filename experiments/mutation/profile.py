@@ -28,20 +28,42 @@ ROOT = HERE.parent.parent
 
 PROFILES: dict[str, tuple[list[str], list[str]]] = {
     "nn": (
-        ["metatuv.nn.tuv*", "metatuv.nn.weightview*", "metatuv.nn.convert*", "metatuv.nn.models*",
-         "metatuv.nn.params.x_fast_names*"],
-        ["tests/test_tuv.py", "tests/test_derivation.py", "tests/test_bounded.py", "tests/test_core_details.py",
-         "tests/test_reference.py"],
+        [
+            "metatuv.nn.tuv*",
+            "metatuv.nn.weightview*",
+            "metatuv.nn.convert*",
+            "metatuv.nn.models*",
+            "metatuv.nn.params.x_fast_names*",
+        ],
+        [
+            "tests/test_tuv.py",
+            "tests/test_derivation.py",
+            "tests/test_bounded.py",
+            "tests/test_core_details.py",
+            "tests/test_reference.py",
+        ],
     ),
     "inner": (
         ["metatuv.inner.backends*", "metatuv.inner.backtrack*"],
-        ["tests/test_backends.py", "tests/test_reference.py", "tests/test_inner.py", "tests/test_backtrack.py",
-         "tests/test_core_details.py"],
+        [
+            "tests/test_backends.py",
+            "tests/test_reference.py",
+            "tests/test_inner.py",
+            "tests/test_backtrack.py",
+            "tests/test_core_details.py",
+        ],
     ),
     "meta": (
         ["metatuv.meta.learner*", "metatuv.meta.loop*", "metatuv.meta.evaluation.x_evaluate*"],
-        ["tests/test_meta.py", "tests/test_presets.py", "tests/test_protocol.py", "tests/test_core_details.py",
-         "tests/test_config_overrides.py", "tests/test_inner.py", "tests/test_backends.py"],
+        [
+            "tests/test_meta.py",
+            "tests/test_presets.py",
+            "tests/test_protocol.py",
+            "tests/test_core_details.py",
+            "tests/test_config_overrides.py",
+            "tests/test_inner.py",
+            "tests/test_backends.py",
+        ],
     ),
 }
 
@@ -73,8 +95,9 @@ def main() -> None:
     env.setdefault("OMP_NUM_THREADS", "1")
     names = args.names or functions
     subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *names], cwd=work, env=env)
-    out = subprocess.run(["mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=True
+    ).stdout
     prefixes = tuple(f.rstrip("*") for f in functions)
     lines = sorted(line.strip() for line in out.splitlines() if line.strip().startswith(prefixes))
     dest = HERE / "run4" / f"{args.profile}.txt"
