@@ -4,6 +4,7 @@ References are numpy / scipy / learn2learn and share no code with metatuv.nn.bou
 """
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -167,8 +168,28 @@ def test_a_plain_torch_state_dict_loads_strictly_into_a_bounded_model(bound):
     x = torch.randn(5, 2, 4, 4, dtype=D)
     torch.testing.assert_close(bounded(x), plain(x), atol=1e-10, rtol=0)
     mixed = {**plain.state_dict(), **raw}  # weight with raw factors: which T would U = T⁻¹·W·V⁻¹ use? refused
-    with pytest.raises(RuntimeError, match="holds '0.weight' and the bounded layer's raw factors"):
+    first = ", ".join(k for k in raw if k.startswith("0."))
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"holds '0.weight' and the bounded layer's raw factors ({first})")
+    ):
         bounded.load_state_dict(mixed)
+    with pytest.raises(RuntimeError, match=re.escape("or a bounded model's own ('0.U' and raw factors)")):
+        bounded.load_state_dict(mixed)
+
+
+def test_a_plain_state_dict_with_mask_logits_loads_into_a_bounded_mtnet():
+    """MT-net's mask logits are not raw factors: {weight, bias, mask_logit} loads into a bounded masked layer."""
+    torch.manual_seed(0)
+    bounded = bound_factors(mlp([2, 5, 3], use_mask=True).double(), "tanh", B)
+    random_factors(bounded[0])
+    state = {
+        "0.weight": torch.randn(5, 2, dtype=D),
+        "0.bias": torch.zeros(5, dtype=D),
+        "0.mask_logit": torch.ones(5, dtype=D),
+    }
+    bounded.load_state_dict(state, strict=False)
+    assert torch.equal(bounded[0].mask_logit, torch.ones(5, dtype=D))
+    torch.testing.assert_close(bounded[0].weight, state["0.weight"], atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("bound", BOUNDS[1:])

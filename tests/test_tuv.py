@@ -1,6 +1,8 @@
 """TUV layers: the seed's identities (float64, ≤ 1e-10) and equivalence with the plain torch layers."""
 
+import collections
 import copy
+import re
 
 import pytest
 import torch
@@ -8,7 +10,9 @@ import torch.nn.functional as F
 from conftest import random_factors, vec
 from torch import nn
 
-from metatuv.nn import TUVConv2d, TUVLinear, compose, fast_names, split_params, tuvify
+from metatuv.nn import TUVConv2d, TUVLayer, TUVLinear, compose, conv4, fast_names, mlp, split_params, tuvify
+from metatuv.nn.tuv import TUVConv1d, TUVConv3d
+from metatuv.nn.weightview import solve_U
 
 D = torch.float64
 TOL = 1e-10
@@ -229,6 +233,12 @@ def layer_with_factors(use_T=True, use_V=True):
         lambda layer, w: layer.load_state_dict({"weight": w, "bias": layer.bias.detach()}),
         lambda layer, w: setattr(layer.weight, "data", w),
         lambda layer, w: layer.weight.set_(w.clone()),
+        lambda layer, w: layer.weight.set_(source=w.clone()),
+        lambda layer, w: torch.mul(w, 1.0, out=layer.weight),
+        lambda layer, w: layer.weight.T.copy_(w.T),
+        lambda layer, w: layer.weight.mT.copy_(w.T),
+        lambda layer, w: [layer.weight[i].copy_(w[i]) for i in range(3)],
+        lambda layer, w: [layer.weight[i][1:].copy_(w[i, 1:]) for i in range(3)] + [layer.weight[:, 0].copy_(w[:, 0])],
     ],
     ids=[
         "init-zeros",
@@ -240,6 +250,12 @@ def layer_with_factors(use_T=True, use_V=True):
         "state-dict",
         "data-assign",
         "set_",
+        "set_-keyword",
+        "out=",
+        "T-property",
+        "mT-property",
+        "row-views",
+        "views-of-views",
     ],
 )
 @pytest.mark.parametrize("factors", [(True, True), (True, False), (False, False)], ids=["tuv", "tnet", "maml"])
@@ -350,3 +366,216 @@ def test_bias_inside_T_step_is_preconditioned_by_TTt():
     random_factors(default)
     x = torch.randn(4, 2, dtype=D)
     assert torch.allclose(default(x), x @ default.weight.detach().T + default.bias, atol=TOL, rtol=0)
+
+
+CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_a_directly_built_conv_has_the_plain_layers_defaults_and_factors(dims):
+    """TUVConvNd(4, 6, 3) is nn.ConvNd(4, 6, 3) (padding 0, stride 1, a bias) with T (6×6), V (4×4), no mask."""
+    tuv_cls, plain_cls = {1: (TUVConv1d, nn.Conv1d), 2: (TUVConv2d, nn.Conv2d), 3: (TUVConv3d, nn.Conv3d)}[dims]
+    layer, plain = tuv_cls(4, 6, 3, dtype=D), plain_cls(4, 6, 3, dtype=D)
+    assert {a: getattr(layer, a) for a in CONV_ATTRS} == {a: getattr(plain, a) for a in CONV_ATTRS}
+    assert layer.T.shape == (6, 6) and layer.V.shape == (4, 4) and layer.bias.shape == (6,)
+    assert layer.mask_logit is None and layer.bias_inside_T is False
+    assert "bias_inside_T" not in repr(layer)
+    x = torch.randn(2, 4, *[5] * dims, dtype=D)
+    random_factors(layer)
+    W = layer.weight.detach()
+    assert layer(x).shape == plain(x).shape  # padding 0: the spatial size shrinks as the plain layer's does
+    assert torch.allclose(layer(x), plain._conv_forward(x, W, layer.bias), atol=TOL, rtol=0)
+
+
+def test_a_directly_built_layer_uses_every_argument():
+    """Stride, padding, dilation, groups, padding mode, bias, use_T/V, mask and bias_inside_T all reach the layer."""
+    kw = {"stride": 2, "padding": 1, "dilation": 2, "groups": 2, "padding_mode": "reflect", "bias": False}
+    layer = TUVConv2d(4, 6, 3, use_T=False, use_mask=True, bias_inside_T=True, dtype=D, **kw)
+    plain = nn.Conv2d(4, 6, 3, dtype=D, **kw)
+    assert {a: getattr(layer, a) for a in CONV_ATTRS} == {a: getattr(plain, a) for a in CONV_ATTRS}
+    assert layer.T is None and layer.V.shape == (2, 2) and layer.bias is None
+    assert layer.mask_logit.shape == (6,) and layer.mask_logit.dtype == D and layer.bias_inside_T is True
+    x = torch.randn(2, 4, 9, 9, dtype=D)
+    assert torch.allclose(layer(x), plain._conv_forward(x, layer.weight.detach(), None), atol=TOL, rtol=0)
+    for inside in (TUVConv2d(4, 6, 3, bias_inside_T=True, dtype=D), TUVLinear(4, 6, bias_inside_T=True, dtype=D)):
+        random_factors(inside)
+        assert inside.bias_inside_T is True and "U=" in repr(inside) and repr(inside).endswith("bias_inside_T=True)")
+        assert torch.allclose(inside.effective_bias(), inside.T @ inside.bias, atol=TOL, rtol=0)
+    lin = TUVLinear(4, 6, dtype=D)
+    assert lin.T.shape == (6, 6) and lin.V.shape == (4, 4) and lin.bias.shape == (6,) and lin.mask_logit is None
+    assert lin.bias_inside_T is False and TUVLinear(4, 6, use_mask=True, dtype=D).mask_logit.dtype == D
+
+
+def test_bias_init_of_tiny_layers_is_torchs():
+    """The bias is U(±1/√fan_in) as in torch, 0 when fan_in = 0; one output row works (fan_in from U[0])."""
+    torch.manual_seed(0)
+    one_in = TUVLinear(1, 50, dtype=D)  # bound 1
+    assert one_in.bias.abs().max() <= 1 and one_in.bias.abs().max() > 0.5
+    assert TUVLinear(5, 1, dtype=D).bias.abs().max() <= 5**-0.5
+    with pytest.warns(UserWarning, match="zero-element"):
+        empty = TUVLinear(0, 3, dtype=D)  # torch's Linear(0, 3) gives a zero bias too
+    assert torch.equal(empty.bias, torch.zeros(3, dtype=D))
+
+
+@pytest.mark.parametrize("make", [lambda: TUVLinear(4, 3, dtype=D), lambda: TUVConv2d(4, 3, 3, dtype=D)])
+def test_a_directly_built_layer_loads_a_plain_state_dict(make):
+    """Built directly (not through tuvify), a TUV layer still loads a plain layer's weight into U = T⁻¹·W·V⁻¹."""
+    layer = make()
+    random_factors(layer)
+    plain = (nn.Linear(4, 3, dtype=D) if isinstance(layer, TUVLinear) else nn.Conv2d(4, 3, 3, dtype=D)).state_dict()
+    layer.load_state_dict(plain)
+    assert torch.allclose(layer.weight, plain["weight"], atol=1e-12, rtol=0) and torch.equal(layer.bias, plain["bias"])
+
+
+def test_reading_the_weight_into_other_tensors_leaves_the_layer_as_a_plain_layer_would():
+    """Only writes into the weight (or its aliases) land in U: ``x.add_(weight)`` changes x alone, and ``set_`` on a
+    detached alias re-points that alias, not the layer (as for nn.Linear)."""
+    layer, plain = layer_with_factors(), nn.Linear(4, 3, dtype=D)
+    for lin in (layer, plain):
+        W0, x = lin.weight.detach().clone(), torch.zeros(3, 4, dtype=D)
+        with torch.no_grad():
+            x.add_(lin.weight)
+            lin.weight.detach().set_(torch.randn(3, 4, dtype=D))
+            y = torch.zeros(12, dtype=D).view_as(lin.weight)
+            y.add_(1)
+        assert torch.equal(x, W0) and torch.allclose(lin.weight, W0, atol=1e-12, rtol=0)
+        assert type(y) is torch.Tensor and torch.equal(y, torch.ones(3, 4, dtype=D))
+    U0 = layer.U.detach().clone()
+    W = layer.weight
+    W.retain_grad()
+    W.sum().backward()
+    W.grad.zero_()  # a gradient is not an alias of the weight: U stays bit for bit
+    assert torch.equal(layer.U, U0)
+
+
+def test_a_plain_state_dict_with_factors_uses_its_own_T_and_V():
+    """{weight, T, V} (a TUV model exported as W with its factors): U = T_sd⁻¹·W·V_sd⁻¹, so T·U·V = W."""
+    net = nn.Sequential(layer_with_factors())
+    W, T, V = (
+        torch.randn(3, 4, dtype=D),
+        torch.eye(3, dtype=D) + 0.3 * torch.randn(3, 3, dtype=D),
+        torch.eye(4, dtype=D),
+    )
+    V = V + 0.3 * torch.randn(4, 4, dtype=D)
+    net.load_state_dict({"0.weight": W, "0.T": T, "0.V": V, "0.bias": torch.zeros(3, dtype=D)})
+    assert torch.equal(net[0].T, T) and torch.equal(net[0].V, V)
+    assert torch.allclose(net[0].weight, W, atol=1e-12, rtol=0)
+
+
+def test_a_plain_state_dict_is_strict_about_its_bias_and_names_the_layer_it_cannot_load():
+    layer = layer_with_factors()
+    with pytest.raises(RuntimeError, match="Missing key.*bias"):  # strict, as for nn.Linear
+        layer.load_state_dict({"weight": torch.randn(3, 4, dtype=D)})
+    named = nn.Sequential(collections.OrderedDict(act=nn.ReLU(), projX=layer))
+    for model, who in (
+        (layer, "TUVLinear.weight = W"),
+        (nn.Sequential(nn.ReLU(), layer), "1.weight = W"),
+        (named, "projX.weight = W"),
+    ):
+        with torch.no_grad():
+            layer.T[1] = layer.T[0]  # singular
+        with pytest.raises(ValueError, match=re.escape(who) + ".*singular"):
+            model.load_state_dict({k.replace("U", "weight"): v for k, v in model.state_dict().items()})
+
+
+def test_conv4_defaults_are_the_omniglot_net_and_max_pool_the_mini_imagenet_net():
+    """conv4(5): 28×28×1, 64 channels, stride-2 3×3 convs (28→14→7→4→2), head 64·2·2 → 5, T and V, no mask;
+    pool="max": stride-1 convs each followed by a 2×2 max-pool (84→42→21→10→5), head 32·5·5 → 5."""
+    omniglot = conv4(5)
+    convs = [m for m in omniglot if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride, c.padding) for c in convs] == [
+        (1, 64, (2, 2), (1, 1)),
+        *[(64, 64, (2, 2), (1, 1))] * 3,
+    ]
+    assert not any(isinstance(m, nn.MaxPool2d) for m in omniglot) and omniglot[-1].in_features == 256
+    layers = [m for m in omniglot if isinstance(m, TUVLayer)]
+    assert all(m.T is not None and m.V is not None and m.mask_logit is None and not m.bias_inside_T for m in layers)
+    assert omniglot(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    mini = conv4(5, in_channels=3, hidden=32, image_size=84, pool="max")
+    assert [c.stride for c in mini if isinstance(c, nn.Conv2d)] == [(1, 1)] * 4
+    assert [m.kernel_size for m in mini if isinstance(m, nn.MaxPool2d)] == [2] * 4 and mini[-1].in_features == 800
+    assert mini(torch.randn(2, 3, 84, 84)).shape == (2, 5)
+    inside = conv4(5, use_mask=True, bias_inside_T=True)
+    assert all(m.bias_inside_T and m.mask_logit is not None for m in inside if isinstance(m, TUVLayer))
+
+
+@pytest.mark.parametrize("pool", ["stride", "max"])
+def test_conv4_takes_the_smallest_image_and_refuses_a_smaller_one(pool):
+    """16×16 is the smallest image four halvings leave at least 1×1 (16→8→4→2→1); 15×15 with max-pool leaves 0."""
+    assert conv4(3, image_size=16, pool=pool, hidden=4)(torch.randn(2, 1, 16, 16)).shape == (2, 3)
+    if pool == "max":
+        with pytest.raises(ValueError, match="image_size=15 is too small"):
+            conv4(3, image_size=15, pool=pool)
+
+
+def test_solve_U_works_in_the_promoted_dtype_and_flags_an_inaccurate_inverse():
+    """U = T⁻¹·W·V⁻¹ in the promoted dtype (float32 T with a float64 W: float64); a T or V inverted inaccurately
+    (nearly singular) is refused for T-net (V = I) and V-only layers too; a large W is judged by relative error."""
+    torch.manual_seed(0)
+    T, V, W = torch.eye(3) + 0.3 * torch.randn(3, 3), torch.eye(4) + 0.3 * torch.randn(4, 4), torch.randn(3, 4, dtype=D)
+    for t, v in ((T, V), (T, None), (None, V)):
+        U = solve_U(t, W, v, W.shape, "layer")
+        assert U.dtype == D and torch.allclose(
+            compose(t if t is None else t.double(), U, v if v is None else v.double()), W
+        )
+    assert solve_U(T.double(), W.float(), None, W.shape, "layer").dtype == D
+    assert solve_U(None, W.float(), V.double(), W.shape, "layer").dtype == D
+    near = torch.ones(3, 3, dtype=D) + 1e-12 * torch.randn(3, 3, dtype=D)  # solvable, but T·U misses W
+    for t, v, w in ((near, None, W), (None, near, W.T)):
+        with pytest.raises(ValueError, match=r"lin\.weight = W: T or V is \(nearly\) singular"):
+            solve_U(t, w, v, w.shape, "lin")
+    big = 1e8 * W
+    assert torch.allclose(compose(T.double(), solve_U(T.double(), big, V.double(), W.shape, "layer"), V.double()), big)
+
+
+def test_fast_names_head_only_takes_the_last_layer_and_only_its_trainable_parameters():
+    assert fast_names(mlp([2, 3, 3, 1]), head_only=True) == ["4.U", "4.bias"]  # the last of three layers
+    assert fast_names(tuvify(nn.Linear(3, 2)), head_only=True) == ["U", "bias"]  # the model is the head
+    assert fast_names(tuvify(nn.Linear(3, 2, bias=False)), head_only=True) == ["U"]
+    frozen_bias = mlp([2, 3, 1])
+    frozen_bias[2].bias.requires_grad_(False)
+    assert fast_names(frozen_bias, head_only=True) == ["2.U"]
+
+
+def test_mlp_builds_one_layer_and_passes_bias_inside_T():
+    one = mlp([3, 2])
+    assert len(one) == 1 and isinstance(one[0], TUVLinear) and one(torch.randn(5, 3)).shape == (5, 2)
+    with pytest.raises(ValueError, match=r"sizes=\[3\] needs at least"):
+        mlp([3])
+    assert all(m.bias_inside_T for m in mlp([1, 4, 1], bias_inside_T=True) if isinstance(m, TUVLayer))
+
+
+def test_tuvify_gives_a_torch_layer_subclass_its_own_tuv_subclass():
+    """A user's nn.Linear subclass keeps its own forward (it was shadowed by TUVLinear.forward, silently: found while
+    checking mutants of _tuv_class); W = T·U·V reaches it through super().forward and self.weight."""
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    a, b = Scaled(3, 2, dtype=D), Scaled(3, 2, dtype=D)
+    x = torch.randn(4, 3, dtype=D)
+    expected = a(x)
+    tuvify(a), tuvify(b)
+    assert type(a) is type(b) and type(a).__name__ == "TUVScaled" and isinstance(a, TUVLinear | Scaled)
+    assert torch.allclose(a(x), expected, atol=TOL, rtol=0)
+    random_factors(a)
+    assert torch.allclose(a(x), 2 * (x @ a.weight.T + a.bias), atol=TOL, rtol=0)
+
+    class ReadsWeight(nn.Conv2d):
+        def forward(self, x):
+            return F.conv2d(x, self.weight.flip(-1), self.bias)
+
+    conv = tuvify(ReadsWeight(2, 3, 3, dtype=D))
+    random_factors(conv)
+    x = torch.randn(1, 2, 5, 5, dtype=D)
+    assert torch.allclose(conv(x), F.conv2d(x, conv.weight.detach().flip(-1), conv.bias), atol=TOL, rtol=0)
+
+
+def test_a_float64_state_dict_loads_into_a_float32_tuv_model_as_into_a_plain_one():
+    """torch casts a float64 state dict into a float32 layer; U = T⁻¹·W·V⁻¹ did the solve in mixed dtypes and
+    raised (found while checking mutants of solve_U)."""
+    plain64, layer, plain = nn.Linear(4, 3).double(), layer_with_factors().float(), nn.Linear(4, 3)
+    layer.load_state_dict(plain64.state_dict())
+    plain.load_state_dict(plain64.state_dict())
+    assert layer.U.dtype == torch.float32 and torch.allclose(layer.weight, plain.weight, atol=1e-6, rtol=0)

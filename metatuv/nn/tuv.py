@@ -48,8 +48,8 @@ class TUVLayer(nn.Module):
         use_V: bool,
         bias: bool,
         factory: dict,
-        use_mask: bool = False,
-        bias_inside_T: bool = False,
+        use_mask: bool,
+        bias_inside_T: bool,
     ) -> None:
         self.T = nn.Parameter(torch.eye(m, **factory)) if use_T else None
         self.V = nn.Parameter(torch.eye(n, **factory)) if use_V else None
@@ -221,10 +221,11 @@ _TUV_OF: dict[type, type] = {nn.Linear: TUVLinear, nn.Conv1d: TUVConv1d, nn.Conv
 
 
 def _tuv_class(cls: type) -> type:
-    """The TUV class for a torch layer class; a subclass of nn.Linear / nn.ConvNd gets a TUV subclass of its own."""
+    """The TUV class for a torch layer class; a subclass of nn.Linear / nn.ConvNd gets a TUV subclass of its own,
+    whose methods are the subclass's first (its ``forward`` calling ``super().forward`` reaches the TUV one)."""
     if cls not in _TUV_OF:
         base = next(b for b in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) if issubclass(cls, b))
-        _TUV_OF[cls] = type(f"TUV{cls.__name__}", (_TUV_OF[base], cls), {"__module__": __name__})
+        _TUV_OF[cls] = type(f"TUV{cls.__name__}", (cls, _TUV_OF[base]), {"__module__": __name__})
     return _TUV_OF[cls]
 
 

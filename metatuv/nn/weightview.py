@@ -25,6 +25,8 @@ _INPLACE_DUNDERS = frozenset(
 _ALIASES = frozenset(
     {"detach", "view", "view_as", "reshape", "flatten", "t", "transpose", "permute", "select", "narrow", "__getitem__"}
 )
+# properties returning an alias of a real tensor (``weight.T.mul_(2)`` writes the weight, as in a plain layer)
+_ALIAS_PROPERTIES = (torch.Tensor.data, torch.Tensor.T, torch.Tensor.mT, torch.Tensor.H, torch.Tensor.mH)
 
 
 class _WeightView(torch.Tensor):
@@ -72,8 +74,8 @@ class _WeightView(torch.Tensor):
             with torch._C.DisableTorchFunctionSubclass():
                 root._owner._write_weight(root.as_subclass(torch.Tensor))
             return out
-        is_data = name == "__get__" and getattr(func, "__self__", None) is torch.Tensor.data
-        if target is not None and isinstance(out, Tensor) and (is_data or name in _ALIASES):
+        alias_property = name == "__get__" and getattr(func, "__self__", None) in _ALIAS_PROPERTIES  # .data, .T, ...
+        if target is not None and isinstance(out, Tensor) and (alias_property or name in _ALIASES):
             root = target if target._base_view is None else target._base_view
             return _WeightView.wrap(out, target._owner, root)
         return out
@@ -101,21 +103,23 @@ def compose(T: Tensor | None, U: Tensor, V: Tensor | None) -> Tensor:
     return W
 
 
-def solve_U(T: Tensor | None, W: Tensor, V: Tensor | None, shape: torch.Size, who: str = "TUV layer") -> Tensor:
-    """U = T⁻¹·W·V⁻¹ (the U with compose(T, U, V) = W); raises one line if T or V cannot be inverted accurately."""
+def solve_U(T: Tensor | None, W: Tensor, V: Tensor | None, shape: torch.Size, who: str) -> Tensor:
+    """U = T⁻¹·W·V⁻¹ (the U with compose(T, U, V) = W), in the promoted dtype of W, T and V; raises one line naming
+    ``who`` (the layer) if T or V cannot be inverted accurately."""
     W = torch.as_tensor(W)
     if tuple(W.shape) != tuple(shape):
         raise ValueError(f"{who}.weight: got shape {tuple(W.shape)}, expected {tuple(shape)}.")
-    W = W.detach()
-    dtype = torch.promote_types(W.dtype, T.dtype if T is not None else V.dtype if V is not None else W.dtype)
-    W = W.to(dtype)
+    dtype = W.dtype
+    for f in (T, V):
+        dtype = dtype if f is None else torch.promote_types(dtype, f.dtype)
+    W, T, V = (None if f is None else f.detach().to(dtype) for f in (W, T, V))  # a float64 W into float32 factors
     U = W
     err = torch.tensor(float("inf"))
     try:
         if T is not None:
-            U = torch.linalg.solve(T.detach().to(dtype), U.reshape(U.shape[0], -1)).reshape(U.shape)
+            U = torch.linalg.solve(T, U.reshape(U.shape[0], -1)).reshape(U.shape)
         if V is not None:
-            Vinv = torch.linalg.inv(V.detach().to(dtype))
+            Vinv = torch.linalg.inv(V)
             U = U @ Vinv if U.dim() == 2 else torch.einsum("oa...,ai->oi...", U, Vinv)
         if T is None and V is None:
             return U
