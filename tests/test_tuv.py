@@ -579,3 +579,21 @@ def test_a_float64_state_dict_loads_into_a_float32_tuv_model_as_into_a_plain_one
     layer.load_state_dict(plain64.state_dict())
     plain.load_state_dict(plain64.state_dict())
     assert layer.U.dtype == torch.float32 and torch.allclose(layer.weight, plain.weight, atol=1e-6, rtol=0)
+
+
+def test_tuvify_draws_the_random_numbers_a_directly_built_layer_draws():
+    """Seeded runs keep their stream: converting a layer consumes what building a TUV layer of that shape, dtype and
+    bias does (torch draws float64 numbers from more generator state than float32 ones)."""
+    for dtype in (torch.float32, D):
+        for bias in (True, False):
+            kw = {"bias": bias, "dtype": dtype}
+            torch.manual_seed(0)
+            tuvify(nn.Linear(4, 3, **kw))
+            converted = torch.rand(4)
+            torch.manual_seed(0)
+            nn.Linear(4, 3, **kw), TUVLinear(4, 3, **kw)
+            assert torch.equal(converted, torch.rand(4)), kw
+    masked = tuvify(nn.Linear(4, 3, dtype=D), use_mask=True)
+    assert masked.mask_logit.dtype == D and masked.T.dtype == D and masked.V.dtype == D
+    plain_repr = repr(compose(masked.T, masked.U, masked.V)).split("grad_fn")[0]  # a plain tensor's repr
+    assert repr(masked.weight).split("grad_fn")[0] == plain_repr

@@ -99,9 +99,16 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first on sys.path
     env.setdefault("OMP_NUM_THREADS", "1")
     names = args.names or functions
-    subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *names], cwd=work, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names], cwd=work, env=env
+    )
     out = subprocess.run(
-        ["mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     prefixes = tuple(f.rstrip("*") for f in functions)
     lines = sorted(line.strip() for line in out.splitlines() if line.strip().startswith(prefixes))
