@@ -95,3 +95,39 @@ def test_vmap_of_torch_fused_batch_norm_is_avoided():
     """Our models hold no torch BatchNorm (its fused kernel has wrong 2nd-order grads under vmap, functorch#534)."""
     model = conv4(5)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("backend", ["higher", "learn2learn"])
+def test_stateful_backends_refuse_functional_params_and_name_themselves(backend):
+    """higher and learn2learn adapt the module's own parameters: other tensors as params are refused in one line."""
+    learner = MetaLearner(mlp([1, 4, 1]).double(), mse, 0.1, 1)
+    params = {n: p.detach().clone().requires_grad_() for n, p in learner.params().items()}
+    batch = tuple(torch.randn(2, 3, 1, dtype=D) for _ in range(4))
+    with pytest.raises(ValueError, match=f"inner backend '{backend}' adapts the model's own parameters"):
+        learner.task_losses(batch, params=params, backend=backend)
+    assert learner.task_losses(batch, backend=backend).shape == (2,)  # the model's own: accepted
+
+
+def test_compiled_memoizes_one_private_copy_per_owner(monkeypatch):
+    """``compiled`` hands torch.compile a copy of fn under a new code name (dynamo counts recompiles per code
+    object), with fn's defaults, keyword defaults and closure, and the cpp_wrapper option when asked; one per
+    (fn, cpp_wrapper) in the owner's cache, a new one without a cache. (torch.compile itself is stubbed here:
+    tests/test_compile.py compiles for real.)"""
+    from metatuv.inner.backends import compiled
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None: seen.append((fn, options)) or fn)
+    offset = 1
+
+    def fn(x, a=2, *, b=3):
+        return x * a + b + offset
+
+    cache: dict = {}
+    copy = compiled(fn, cache=cache)
+    assert compiled(fn, cache=cache) is copy and len(seen) == 1 and seen[0][1] is None
+    assert copy is not fn and copy.__code__ is not fn.__code__ and copy.__name__.startswith("fn__compiled")
+    assert copy(1) == fn(1) == 6 and copy(1, 3, b=0) == fn(1, 3, b=0) == 4  # defaults, kw defaults, closure
+    cpp = compiled(fn, True, cache)
+    assert cpp is not copy and seen[-1][1] == {"cpp_wrapper": True} and compiled(fn, True, cache) is cpp
+    other = compiled(fn, cache={})
+    assert other is not copy and other.__name__ != copy.__name__ and compiled(fn) is not compiled(fn)

@@ -211,3 +211,24 @@ def test_adapt_backtracking_passes_the_step_index_and_the_shrink_factor():
     rule = lambda k, g: {"w": torch.full_like(g["w"], 3.0)}  # noqa: E731
     assert adapt_backtracking(loss, fast, 1, rule, shrink=0.25)["w"].item() == 0.25
     assert adapt_backtracking(loss, fast, 1, rule)["w"].item() == -0.5
+
+
+def test_each_step_evaluates_the_loss_once_plus_once_per_try():
+    """L(θ) comes with its gradient (grad_and_value): a step costs 1 + tries loss evaluations, not 2 + tries."""
+    calls = []
+
+    def loss_fn(f):
+        calls.append(1)
+        return ((f["w"] - 3.0) ** 2).sum()
+
+    adapt_backtracking(loss_fn, {"w": torch.zeros(2, dtype=torch.float64)}, steps=3, lr=0.1, tries=4)
+    assert len(calls) == 3 * (1 + 4)
+
+
+def test_step_scale_is_exact_in_the_losss_dtype_for_any_shrink():
+    """s = ρʲ in float64 for a float64 loss (0.3 is not a float32 number): Δ = 5 from θ = 1 on L = θ² needs
+    ρʲ·5 <= 2, so j = 1 for ρ = 0.3."""
+    loss = lambda f: (f["w"] ** 2).sum()  # noqa: E731
+    fast = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    s = step_scale(loss, fast, {"w": torch.tensor([5.0], dtype=torch.float64)}, tries=4, shrink=0.3)
+    assert s.dtype == torch.float64 and s.item() == 0.3
