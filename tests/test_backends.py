@@ -131,3 +131,42 @@ def test_compiled_memoizes_one_private_copy_per_owner(monkeypatch):
     assert cpp is not copy and seen[-1][1] == {"cpp_wrapper": True} and compiled(fn, True, cache) is cpp
     other = compiled(fn, cache={})
     assert other is not copy and other.__name__ != copy.__name__ and compiled(fn) is not compiled(fn)
+
+
+def test_task_losses_defaults_and_dispatch():
+    """task_losses(problem, params, batch, extras): backend func, vectorize auto (vmap for > 1 task, the loop for
+    one), not compiled, the rule reading ``params``; backend="higher" / "learn2learn" reach those backends (they
+    refuse functional params), compile=True needs func. Which path ran is seen by the model: under vmap its input is
+    a batched tensor."""
+    from metatuv.inner import TaskProblem, task_losses
+    from metatuv.meta.rule import InnerRule
+    from metatuv.nn import fast_names
+
+    torch.manual_seed(0)
+    model = mlp([1, 5, 1], use_mask=True).double()
+    names = fast_names(model)
+    rule = InnerRule(model, names, 0.1, 1, "fixed", False, 1.0, False)
+    problem = TaskProblem(model, mse, names, 1, False, rule.transform("", "rule."))  # mask logits read from params
+    batched = []
+    model.register_forward_pre_hook(lambda m, args: batched.append(torch._C._functorch.is_batchedtensor(args[0])))
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+
+    def run(tasks, **kw):
+        batch = tuple(torch.randn(tasks, 3, 1, dtype=D) for _ in range(4))
+        extras = rule.mask_noise(tasks, torch.Generator().manual_seed(1), params["0.U"])
+        reference = task_losses(problem, params, batch, extras, "func", "loop", False, params)
+        batched.clear()
+        out = task_losses(problem, params, batch, extras, **kw)
+        torch.testing.assert_close(out, reference, atol=1e-12, rtol=0)
+        return set(batched)
+
+    assert run(3) == {True} and run(1) == {False}  # auto: vmap over 3 tasks, the loop for 1
+    assert run(3, vectorize="loop") == {False} and run(1, vectorize="vmap") == {True}
+    assert problem.compiled == {}  # not compiled by default
+    batch = tuple(torch.randn(2, 3, 1, dtype=D) for _ in range(4))
+    extras = rule.mask_noise(2, None, params["0.U"])
+    for backend in ("higher", "learn2learn"):
+        with pytest.raises(ValueError, match=f"inner backend '{backend}' adapts the model's own parameters"):
+            task_losses(problem, params, batch, extras, backend)
+        with pytest.raises(ValueError, match="inner.compile=true needs inner.backend=func"):
+            task_losses(problem, params, batch, extras, backend, compile=True)
