@@ -133,7 +133,7 @@ def test_compiled_memoizes_one_private_copy_per_owner(monkeypatch):
     assert other is not copy and other.__name__ != copy.__name__ and compiled(fn) is not compiled(fn)
 
 
-def test_task_losses_defaults_and_dispatch():
+def test_task_losses_defaults_and_dispatch(monkeypatch):
     """task_losses(problem, params, batch, extras): backend func, vectorize auto (vmap for > 1 task, the loop for
     one), not compiled, the rule reading ``params``; backend="higher" / "learn2learn" reach those backends (they
     refuse functional params), compile=True needs func. Which path ran is seen by the model: under vmap its input is
@@ -160,9 +160,17 @@ def test_task_losses_defaults_and_dispatch():
         torch.testing.assert_close(out, reference, atol=1e-12, rtol=0)
         return set(batched)
 
-    assert run(3) == {True} and run(1) == {False}  # auto: vmap over 3 tasks, the loop for 1
+    assert run(2) == {True} and run(1) == {False}  # auto: vmap over 2 tasks, the loop for 1
     assert run(3, vectorize="loop") == {False} and run(1, vectorize="vmap") == {True}
     assert problem.compiled == {}  # not compiled by default
+    xs, ys = torch.randn(3, 1, dtype=D), torch.randn(3, 1, dtype=D)
+    extra = {k: v[0] for k, v in rule.mask_noise(1, torch.Generator().manual_seed(2), params["0.U"]).items()}
+    adapted = problem.adapt(params, xs, ys, extra)  # the rule reads params by default
+    for n, p in problem.adapt(params, xs, ys, extra, rule_params=params).items():
+        torch.testing.assert_close(adapted[n], p, atol=0, rtol=0)
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None: fn)  # compile=True: through compiled(), stubbed
+    assert run(2, compile=True) == {True} and run(1, compile=True) == {False}
+    assert len(problem.compiled) == 2  # one copy of each path, kept in the problem's own cache
     batch = tuple(torch.randn(2, 3, 1, dtype=D) for _ in range(4))
     extras = rule.mask_noise(2, None, params["0.U"])
     for backend in ("higher", "learn2learn"):
