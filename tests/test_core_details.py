@@ -34,7 +34,7 @@ def test_compiled_backward_bookkeeping_equals_autograd(monkeypatch, chunk_size):
     asked = []
 
     def eager(fn, cpp_wrapper=False, cache=None):
-        asked.append(cpp_wrapper)
+        asked.append((cpp_wrapper, cache))
         return fn
 
     monkeypatch.setattr(learner_module, "compiled", eager)
@@ -47,7 +47,8 @@ def test_compiled_backward_bookkeeping_equals_autograd(monkeypatch, chunk_size):
         learner.model[2].V.grad = torch.ones_like(learner.model[2].V)  # .grad accumulates
         losses[compile] = learner.backward(batch, torch.Generator().manual_seed(7))
         grads[compile] = {n: p.grad for n, p in learner.named_parameters()}
-    assert asked and all(asked)
+    assert asked and all(cpp for cpp, _ in asked)
+    assert all(cache is learner._compiled for _, cache in asked)  # the learner's own cache (one graph per learner)
     assert losses[True].item() == pytest.approx(losses[False].item(), rel=1e-12)
     assert grads[True]["model.0.T"] is None and grads[False]["model.0.T"] is None
     for n, g_ref in grads[False].items():

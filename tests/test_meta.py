@@ -298,3 +298,17 @@ def test_evaluate_vectorize_loop_scores_one_task_at_a_time(monkeypatch):
         scores[vectorize] = evaluate(learner, itertools.repeat(batch), 6, 1, progress=False, per_task=True)[2]
         assert len(calls) == (0 if vectorize == "loop" else 1), (vectorize, calls)
     torch.testing.assert_close(scores["loop"], scores["vmap"], rtol=0, atol=1e-12)
+
+
+def test_calling_the_learner_gives_every_tasks_query_loss_with_gradients():
+    """learner(batch, extras) = task_losses(batch, extras): the query loss of each task after its inner loop,
+    differentiable w.r.t. the model's and the rule's parameters (module-style use, e.g. under a wrapper)."""
+    torch.manual_seed(0)
+    learner = MetaLearner(mlp([1, 5, 1], use_mask=True).double(), mse, 0.1, 2, lr_mode="metasgd")
+    batch = tuple(torch.randn(3, 4, 1, dtype=D) for _ in range(4))
+    extras = learner.sample_extras(3, torch.Generator().manual_seed(1))
+    out = learner(batch, extras)
+    assert out.shape == (3,)
+    torch.testing.assert_close(out, learner.task_losses(batch, extras), atol=0, rtol=0)
+    grads = torch.autograd.grad(out.sum(), list(learner.parameters()), allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)  # T, V, U₀, b₀, mask logits, rates

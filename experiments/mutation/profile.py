@@ -4,6 +4,7 @@
     python experiments/mutation/profile.py inner         # inner/backends, backtrack
     python experiments/mutation/profile.py meta          # meta/learner, loop, evaluate
     python experiments/mutation/profile.py nn --names "metatuv.nn.tuv.x_tuvify__mutmut_3" ...   # re-check some
+    python experiments/mutation/profile.py recheck --names NAME ...   # with pyproject's whole selection
 
 The functions of these modules sit under nearly every forward and meta-step, so pyproject's selection runs most of
 the suite for each of their mutants (hours on 2 cores). A profile checks them with the test files that target them.
@@ -71,6 +72,8 @@ PROFILES: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
 }
+# every profile's functions with pyproject's own (wider) selection: re-checking survivors after new tests
+PROFILES["recheck"] = ([f for functions, _ in PROFILES.values() for f in functions], [])
 
 
 def narrow_pyproject(text: str, tests: list[str]) -> str:
@@ -94,8 +97,9 @@ def main() -> None:
     work = args.dir or ROOT.parent / f"mutmut-{args.profile}"
     if not work.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(work), "HEAD"], check=True)
-    pyproject = work / "pyproject.toml"
-    pyproject.write_text(narrow_pyproject(pyproject.read_text(), tests))
+    if tests:
+        pyproject = work / "pyproject.toml"
+        pyproject.write_text(narrow_pyproject(pyproject.read_text(), tests))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first on sys.path
     env.setdefault("OMP_NUM_THREADS", "1")
     names = args.names or functions
@@ -112,6 +116,8 @@ def main() -> None:
     ).stdout
     prefixes = tuple(f.rstrip("*") for f in functions)
     lines = sorted(line.strip() for line in out.splitlines() if line.strip().startswith(prefixes))
+    if not tests:  # recheck: only the mutants it ran
+        lines = [line for line in lines if not line.endswith(": not checked")]
     dest = HERE / "run4" / f"{args.profile}.txt"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text("".join(f"{line}\n" for line in lines))

@@ -2,6 +2,7 @@
 
     python experiments/mutation/summarize.py            # per-module counts and the score
     python experiments/mutation/summarize.py --diffs    # ... and every surviving mutant's diff
+    python experiments/mutation/summarize.py --file run4/nn.txt   # the statuses profile.py wrote
 
 Score = killed (incl. timeouts) / (checked − equivalent), with the equivalent mutants named in
 experiments/mutation/equivalent.txt (one mutant name per line, then ``#`` and the reason).
@@ -20,7 +21,11 @@ ALIVE = {"survived", "no tests", "suspicious"}
 
 
 def results() -> dict[str, str]:
-    out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True, check=True).stdout
+    """name -> status: from ``--file F`` (lines "name: status", as profile.py writes them) or ``mutmut results``."""
+    if "--file" in sys.argv:
+        out = (HERE / sys.argv[sys.argv.index("--file") + 1]).read_text()
+    else:
+        out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True, check=True).stdout
     status = {}
     for line in out.splitlines():
         if "__mutmut_" in line and ": " in line:
