@@ -312,3 +312,35 @@ def test_calling_the_learner_gives_every_tasks_query_loss_with_gradients():
     torch.testing.assert_close(out, learner.task_losses(batch, extras), atol=0, rtol=0)
     grads = torch.autograd.grad(out.sum(), list(learner.parameters()), allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads)  # T, V, U₀, b₀, mask logits, rates
+
+
+def test_adapt_task_and_meta_loss_use_the_given_params_extras_and_backtracking():
+    """adapt_task(params, …): the rule reads the mask logits from ``params`` (not the module's), one task's mask
+    noise is drawn when no ``extra`` is given (consuming one task's draw of the global stream), ``backtrack`` reaches
+    the inner loop; meta_loss(batch, params, extras) uses the params and extras it is given."""
+    torch.manual_seed(0)
+    learner = MetaLearner(mlp([1, 6, 1], use_mask=True).double(), mse, 0.1, 2)
+    own = learner.params()
+    other = {n: (p + 2.0 if n.endswith("mask_logit") else p).detach() for n, p in own.items()}
+    xs, ys = torch.randn(5, 1, dtype=D), torch.randn(5, 1, dtype=D)
+    extra = {k: v[0] for k, v in learner.sample_extras(1, torch.Generator().manual_seed(3)).items()}
+    adapted = learner.adapt_task(other, xs, ys, extra=extra)
+    by_hand = learner.problem.adapt(other, xs, ys, extra, rule_params=learner.meta_params(other))
+    mine = learner.adapt_task(own, xs, ys, extra=extra)
+    assert torch.equal(adapted["0.U"], by_hand["0.U"]) and not torch.allclose(adapted["0.U"], mine["0.U"])
+    torch.manual_seed(5)
+    drawn = learner.adapt_task(own, xs, ys)  # one task's noise from the global stream
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    noise = {k: v[0] for k, v in learner.sample_extras(1).items()}
+    assert torch.equal(torch.rand(3), after)
+    torch.testing.assert_close(drawn["0.U"], learner.adapt_task(own, xs, ys, extra=noise)["0.U"], atol=0, rtol=0)
+    steep = MetaLearner(mlp([1, 6, 1]).double(), mse, 50.0, 5)  # α = 50 runs away; backtracked steps cannot
+    loss = lambda p: mse(steep.problem.forward(p, xs), ys).item()  # noqa: E731
+    start = steep.params()
+    assert loss(steep.adapt_task(start, xs, ys, backtrack=8)) <= loss(start) < loss(steep.adapt_task(start, xs, ys))
+    batch = tuple(torch.randn(3, 4, 1, dtype=D) for _ in range(4))
+    extras = learner.sample_extras(3, torch.Generator().manual_seed(4))
+    expected = learner.task_losses(batch, extras, other).mean()
+    torch.testing.assert_close(learner.meta_loss(batch, other, extras), expected, atol=0, rtol=0)
+    assert not torch.allclose(learner.meta_loss(batch, own, extras), expected)
