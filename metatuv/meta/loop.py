@@ -26,9 +26,8 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params, lr: f
     (experiments/benchmark/RESULTS.md has the measured step times).
     """
     params = list(params)
-    fn = getattr(factory, "func", factory)  # functools.partial from Hydra's _partial_
-    try:
-        takes_fused = "fused" in inspect.signature(fn).parameters
+    try:  # (inspect.signature sees through the functools.partial of Hydra's _partial_)
+        takes_fused = "fused" in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         takes_fused = False
     kw = {}
