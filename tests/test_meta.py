@@ -344,3 +344,13 @@ def test_adapt_task_and_meta_loss_use_the_given_params_extras_and_backtracking()
     expected = learner.task_losses(batch, extras, other).mean()
     torch.testing.assert_close(learner.meta_loss(batch, other, extras), expected, atol=0, rtol=0)
     assert not torch.allclose(learner.meta_loss(batch, own, extras), expected)
+
+
+def test_a_resumed_meta_train_bar_counts_from_start_to_steps(capsys):
+    """Resuming at step 2 of 4: the bar reads 2/4 then 4/4 (it showed "4it" with no total before)."""
+    torch.manual_seed(0)
+    learner = MetaLearner(mlp([1, 4, 1]).double(), mse, 0.1, 1)
+    batches = iter([tuple(torch.randn(2, 3, 1, dtype=D) for _ in range(4))] * 2)
+    history = meta_train(learner, batches, steps=4, start=2, history=[1.0, 1.0], progress=True)
+    err = capsys.readouterr().err
+    assert len(history) == 4 and "4/4" in err and "4it" not in err

@@ -4,13 +4,13 @@
     python experiments/mutation/profile.py inner         # inner/backends, backtrack
     python experiments/mutation/profile.py meta          # meta/learner, loop, evaluate
     python experiments/mutation/profile.py nn --names "metatuv.nn.tuv.x_tuvify__mutmut_3" ...   # re-check some
-    python experiments/mutation/profile.py recheck --names NAME ...   # with pyproject's whole selection
 
 The functions of these modules sit under nearly every forward and meta-step, so pyproject's selection runs most of
 the suite for each of their mutants (hours on 2 cores). A profile checks them with the test files that target them.
-It works in a git worktree of HEAD (``--dir``; made if missing), whose pyproject gets the profile's selection (mutmut
-reads only ``[tool.mutmut]``, and a changed selection resets its database, hence one worktree per profile), runs
-``mutmut run`` on the profile's functions there and writes each mutant's status to
+It works in a git worktree (``--dir``; made at HEAD if missing, else moved to HEAD) whose pyproject gets the profile's
+selection (mutmut reads only ``[tool.mutmut]``, and a changed selection resets its database: one worktree per
+profile), runs ``mutmut run`` on the profile's functions (or ``--names``, then every mutant of the profile still not
+checked: those of functions changed since the last run) and writes each mutant's status to
 ``experiments/mutation/run4/<profile>.txt``. Survivors are then killed by new tests or listed in equivalent.txt;
 ``summarize.py --file run4/<profile>.txt`` scores them.
 """
@@ -72,8 +72,6 @@ PROFILES: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
 }
-# every profile's functions with pyproject's own (wider) selection: re-checking survivors after new tests
-PROFILES["recheck"] = ([f for functions, _ in PROFILES.values() for f in functions], [])
 
 
 def narrow_pyproject(text: str, tests: list[str]) -> str:
@@ -97,27 +95,36 @@ def main() -> None:
     work = args.dir or ROOT.parent / f"mutmut-{args.profile}"
     if not work.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(work), "HEAD"], check=True)
-    if tests:
-        pyproject = work / "pyproject.toml"
-        pyproject.write_text(narrow_pyproject(pyproject.read_text(), tests))
+    else:  # move it to this commit: mutmut re-checks the changed functions and keeps the other results
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        subprocess.run(["git", "-C", str(work), "checkout", "-q", "--", "pyproject.toml"], check=True)
+        subprocess.run(["git", "-C", str(work), "checkout", "-q", "--detach", head.strip()], check=True)
+    pyproject = work / "pyproject.toml"
+    pyproject.write_text(narrow_pyproject(pyproject.read_text(), tests))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first on sys.path
     env.setdefault("OMP_NUM_THREADS", "1")
-    names = args.names or functions
-    subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names], cwd=work, env=env
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     prefixes = tuple(f.rstrip("*") for f in functions)
-    lines = sorted(line.strip() for line in out.splitlines() if line.strip().startswith(prefixes))
-    if not tests:  # recheck: only the mutants it ran
-        lines = [line for line in lines if not line.endswith(": not checked")]
+
+    def run(names: list[str]) -> None:
+        mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
+        subprocess.run([*mutmut, *names], cwd=work, env=env)
+
+    def statuses() -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return sorted(line.strip() for line in out.splitlines() if line.strip().startswith(prefixes))
+
+    run(args.names or functions)
+    rest = [line.split(": ")[0] for line in statuses() if line.endswith(": not checked")]
+    if rest:  # functions changed since the worktree's last run (mutmut reset them), or an interrupted run
+        run(rest)
+    lines = statuses()
     dest = HERE / "run4" / f"{args.profile}.txt"
     dest.parent.mkdir(exist_ok=True)
     dest.write_text("".join(f"{line}\n" for line in lines))

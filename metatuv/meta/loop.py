@@ -117,7 +117,9 @@ def meta_train(
         return losses
 
     skipped = 0
-    bar = tqdm(range(start, steps), desc="meta-train", disable=not progress, mininterval=0.5, initial=start)
+    bar = tqdm(
+        range(start, steps), desc="meta-train", disable=not progress, mininterval=0.5, initial=start, total=steps
+    )  # a resumed run's bar counts from ``start`` to ``steps``
     for step in bar:
         if on_step is not None:
             on_step(step)
