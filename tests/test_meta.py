@@ -8,6 +8,7 @@ from conftest import random_factors
 from torch import nn
 
 from metatuv.meta import MetaLearner, meta_train, mse
+from metatuv.meta.loop import NonFiniteLoss
 from metatuv.nn import TUVLayer, TUVLinear, mlp, tuvify
 
 D = torch.float64
@@ -354,3 +355,62 @@ def test_a_resumed_meta_train_bar_counts_from_start_to_steps(capsys):
     history = meta_train(learner, batches, steps=4, start=2, history=[1.0, 1.0], progress=True)
     err = capsys.readouterr().err
     assert len(history) == 4 and "4/4" in err and "4it" not in err
+
+
+def test_meta_train_shards_the_meta_batch_and_all_reduces(monkeypatch):
+    """shard=(rank, world > 1): backward gets the shard, and the gradients and the loss go through allreduce_ (here a
+    recording stand-in for the process group: tests/test_distributed.py runs real ones)."""
+    import metatuv.meta.loop as loop
+
+    torch.manual_seed(0)
+    learner = MetaLearner(mlp([1, 4, 1]).double(), mse, 0.1, 1)
+    shards, reduced = [], []
+    backward = learner.backward
+    learner.backward = lambda batch, generator, shard: shards.append(shard) or backward(batch, generator, shard)
+    monkeypatch.setattr(loop, "allreduce_", lambda params, loss: reduced.append((list(params), loss)) or 2 * loss)
+    batch = tuple(torch.randn(4, 3, 1, dtype=D) for _ in range(4))
+    half = learner.task_losses(tuple(b[2:] for b in batch)).sum().item() / 4  # rank 1's tasks, over all 4
+    history = meta_train(learner, iter([batch]), steps=1, shard=(1, 2), progress=False)
+    assert shards == [(1, 2)] and len(reduced) == 1
+    params, loss = reduced[0]
+    assert [id(p) for p in params] == [id(p) for p in learner.parameters()]
+    assert loss.item() == pytest.approx(half, rel=1e-6) and history == [pytest.approx(2 * loss.item())]
+    meta_train(learner, iter([batch]), steps=1, shard=(0, 1), progress=False)  # one process: nothing to reduce
+    assert len(reduced) == 1
+
+
+def test_skip_mode_stops_at_the_nonfinite_update_itself_and_large_parameters_are_fine():
+    """nonfinite="skip" synchronizes every step, so an update leaving a NaN parameter stops at that step (not at the
+    next log); the check is on max |θ|, so a finite 1e30 in a float32 model is no alarm."""
+    torch.manual_seed(0)
+    learner = MetaLearner(mlp([1, 4, 1]), mse, 0.1, 1)  # float32
+    batch = tuple(torch.randn(2, 3, 1) for _ in range(4))
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.0)
+    step = optimizer.step
+
+    def spoiled(*a, **k):
+        out = step(*a, **k)
+        if len(seen) == 2:
+            with torch.no_grad():
+                learner.model[0].bias[0] = float("nan")
+        return out
+
+    optimizer.step, seen = spoiled, []
+    with pytest.raises(NonFiniteLoss, match="meta-parameters became nan in the update of meta-step 1 "):
+        meta_train(
+            learner,
+            itertools.repeat(batch),
+            5,
+            optimizer=optimizer,
+            nonfinite="skip",
+            log_every=100,
+            on_step=seen.append,
+            progress=False,
+        )
+    assert seen == [0, 1]
+    big = MetaLearner(mlp([1, 4, 1]), mse, 0.1, 1)
+    big.spare = nn.Parameter(torch.full((4,), 1e30))  # (outside the model) a 2-norm would overflow float32
+    history = meta_train(
+        big, itertools.repeat(batch), 2, optimizer=torch.optim.SGD(big.parameters(), lr=0.0), progress=False
+    )
+    assert len(history) == 2
