@@ -558,6 +558,7 @@ def test_tuvify_gives_a_torch_layer_subclass_its_own_tuv_subclass():
     expected = a(x)
     tuvify(a), tuvify(b)
     assert type(a) is type(b) and type(a).__name__ == "TUVScaled" and isinstance(a, TUVLinear | Scaled)
+    assert type(a).__module__ == "metatuv.nn.tuv"
     assert torch.allclose(a(x), expected, atol=TOL, rtol=0)
     random_factors(a)
     assert torch.allclose(a(x), 2 * (x @ a.weight.T + a.bias), atol=TOL, rtol=0)

@@ -225,7 +225,7 @@ def _tuv_class(cls: type) -> type:
     whose methods are the subclass's first (its ``forward`` calling ``super().forward`` reaches the TUV one)."""
     if cls not in _TUV_OF:
         base = next(b for b in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) if issubclass(cls, b))
-        _TUV_OF[cls] = type(f"TUV{cls.__name__}", (cls, _TUV_OF[base]), {"__module__": __name__})
+        _TUV_OF[cls] = type(f"TUV{cls.__name__}", (cls, _TUV_OF[base]), {})  # __module__: this one, the caller
     return _TUV_OF[cls]
 
 
