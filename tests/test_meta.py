@@ -414,3 +414,37 @@ def test_skip_mode_stops_at_the_nonfinite_update_itself_and_large_parameters_are
         big, itertools.repeat(batch), 2, optimizer=torch.optim.SGD(big.parameters(), lr=0.0), progress=False
     )
     assert len(history) == 2
+
+
+def test_task_losses_compile_flag_and_default_extras(monkeypatch):
+    """A learner built with compile=True compiles its func path (torch.compile stubbed: test_compile compiles for
+    real), not the higher one; query_losses(compile=True) too; task_losses draws mask noise for every task when no
+    extras are given."""
+    from metatuv.meta import query_losses
+
+    monkeypatch.setattr(torch, "compile", lambda fn, options=None: fn)
+    torch.manual_seed(0)
+    batch = tuple(torch.randn(3, 4, 1, dtype=D) for _ in range(4))
+    learner = MetaLearner(mlp([1, 5, 1], use_mask=True).double(), mse, 0.1, 1, compile=True)
+    extras = learner.sample_extras(3, torch.Generator().manual_seed(1))
+    compiled = learner.task_losses(batch, extras)
+    assert len(learner.problem.compiled) == 1
+    torch.testing.assert_close(learner.task_losses(batch, extras, backend="higher"), compiled, atol=1e-12, rtol=0)
+    assert len(learner.problem.compiled) == 1  # higher: not compiled
+    plain = MetaLearner(mlp([1, 5, 1], use_mask=True).double(), mse, 0.1, 1)
+    query_losses(plain, plain.meta_params(), batch, plain.sample_extras(3), compile=True)
+    assert len(plain.problem.compiled) == 1
+    assert plain.task_losses(batch).shape == (3,)  # mask noise drawn for the 3 tasks
+
+
+@pytest.mark.parametrize(
+    ("preset", "given", "expected"),
+    [("maml", None, False), ("fomaml", None, True), ("maml", True, True), ("tuv", False, False)],
+)
+def test_from_preset_first_order_is_the_presets_or_the_callers(preset, given, expected):
+    from metatuv.meta import get_preset
+
+    p = get_preset(preset)
+    kw = {} if given is None else {"first_order": given}
+    learner = MetaLearner.from_preset(mlp([1, 4, 1], p.use_T, p.use_V, p.use_mask), p, mse, 0.1, 1, **kw)
+    assert learner.problem.first_order is expected
