@@ -448,3 +448,15 @@ def test_from_preset_first_order_is_the_presets_or_the_callers(preset, given, ex
     kw = {} if given is None else {"first_order": given}
     learner = MetaLearner.from_preset(mlp([1, 4, 1], p.use_T, p.use_V, p.use_mask), p, mse, 0.1, 1, **kw)
     assert learner.problem.first_order is expected
+
+
+def test_learner_defaults():
+    """MetaLearner(model, loss, lr, steps): second order, fixed rate, no curvature / KFO, τ = 1, all of U and the
+    biases fast, backend func with vectorize auto, no chunks, not compiled, plain test-time steps."""
+    model = mlp([1, 4, 1], use_mask=True)
+    learner = MetaLearner(model, mse, 0.1, 1)
+    assert learner.problem.first_order is False and learner.rule.lr_mode == "fixed"
+    assert not learner.rule.curvature and not learner.rule.kfo and learner.rule.temperature == 1.0
+    assert learner.fast_names == ["0.U", "0.bias", "2.U", "2.bias"] and list(learner.rule.parameters()) == []
+    assert (learner.backend, learner.vectorize, learner.chunk_size, learner.compile) == ("func", "auto", None, False)
+    assert learner.backtrack == 0
