@@ -195,9 +195,11 @@ def tiny_batch_1d():
             torch.randn(4, 5, 1, dtype=D), torch.randn(4, 5, 1, dtype=D))  # fmt: skip
 
 
-def test_learner_rejects_bad_inner_lr():
-    with pytest.raises(ValueError, match="lr=-0.1"):
-        MetaLearner(mlp([1, 2, 1]), half_sse, lr=-0.1, steps=1)
+@pytest.mark.parametrize("lr", [-0.1, 0.0])
+def test_learner_rejects_bad_inner_lr(lr):
+    with pytest.raises(ValueError, match=f"lr={lr} must be > 0"):
+        MetaLearner(mlp([1, 2, 1]), half_sse, lr=lr, steps=1)
+    assert MetaLearner(mlp([1, 2, 1]), half_sse, lr=0.1, steps=0).problem.steps == 0  # 0 steps: no adaptation
 
 
 @pytest.mark.parametrize("preset", ["mtuv", "metasgd"])

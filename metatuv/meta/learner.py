@@ -190,7 +190,7 @@ class MetaLearner(nn.Module):
                     f"make outer.meta_batch a multiple of {world}."
                 )
             first, last = rank * tasks // world, (rank + 1) * tasks // world
-        total = torch.zeros((), dtype=batch[0].dtype if batch[0].is_floating_point() else torch.float32)
+        total = torch.zeros(())  # (+ a 0-d loss sum takes that sum's dtype)
         for chunk, chunk_extras in chunks(batch, extras, size, first, last):
             if self.compile:  # __init__ allows it with the func backend only
                 loss_sum = self._compiled_backward(chunk, chunk_extras, tasks)
