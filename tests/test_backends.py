@@ -173,8 +173,12 @@ def test_task_losses_defaults_and_dispatch(monkeypatch):
     assert len(problem.compiled) == 2  # one copy of each path, kept in the problem's own cache
     batch = tuple(torch.randn(2, 3, 1, dtype=D) for _ in range(4))
     extras = rule.mask_noise(2, None, params["0.U"])
+    own = dict(model.named_parameters())
+    expected = task_losses(problem, own, batch, extras, "func", "loop", False, own)
     for backend in ("higher", "learn2learn"):
         with pytest.raises(ValueError, match=f"inner backend '{backend}' adapts the model's own parameters"):
             task_losses(problem, params, batch, extras, backend)
+        # the rule reads the mask logits from the params by default here too
+        torch.testing.assert_close(task_losses(problem, own, batch, extras, backend), expected, atol=1e-12, rtol=0)
         with pytest.raises(ValueError, match="inner.compile=true needs inner.backend=func"):
             task_losses(problem, params, batch, extras, backend, compile=True)
