@@ -508,24 +508,41 @@ def test_conv4_takes_the_smallest_image_and_refuses_a_smaller_one(pool):
             conv4(3, image_size=15, pool=pool)
 
 
-def test_solve_U_works_in_the_promoted_dtype_and_flags_an_inaccurate_inverse():
-    """U = T⁻¹·W·V⁻¹ in the promoted dtype (float32 T with a float64 W: float64); a T or V inverted inaccurately
-    (nearly singular) is refused for T-net (V = I) and V-only layers too; a large W is judged by relative error."""
+def test_solve_U_solves_in_the_promoted_dtype_and_checks_the_U_it_returns():
+    """U = T⁻¹·W·V⁻¹ solved in the promoted dtype (float32 factors with a float64 W: float64, no dtype clash), returned
+    in the layer's dtype and checked as returned: a nearly singular T or V is refused for T-net (V = I) and V-only
+    layers too, and a float64 W that a float32 U cannot carry through an ill-conditioned T is refused as its float32
+    copy is (found by the review: the check ran in float64 before the cast); a large W is judged by relative error."""
     torch.manual_seed(0)
     T, V, W = torch.eye(3) + 0.3 * torch.randn(3, 3), torch.eye(4) + 0.3 * torch.randn(4, 4), torch.randn(3, 4, dtype=D)
     for t, v in ((T, V), (T, None), (None, V)):
-        U = solve_U(t, W, v, W.shape, "layer")
+        U = solve_U(t, W, v, W.shape, "layer", D)
         assert U.dtype == D and torch.allclose(
-            compose(t if t is None else t.double(), U, v if v is None else v.double()), W
+            compose(None if t is None else t.double(), U, None if v is None else v.double()), W
         )
-    assert solve_U(T.double(), W.float(), None, W.shape, "layer").dtype == D
-    assert solve_U(None, W.float(), V.double(), W.shape, "layer").dtype == D
+        assert solve_U(t, W, v, W.shape, "layer", torch.float32).dtype == torch.float32
     near = torch.ones(3, 3, dtype=D) + 1e-12 * torch.randn(3, 3, dtype=D)  # solvable, but T·U misses W
     for t, v, w in ((near, None, W), (None, near, W.T)):
         with pytest.raises(ValueError, match=r"lin\.weight = W: T or V is \(nearly\) singular"):
-            solve_U(t, w, v, w.shape, "lin")
+            solve_U(t, w, v, w.shape, "lin", D)
     big = 1e8 * W
-    assert torch.allclose(compose(T.double(), solve_U(T.double(), big, V.double(), W.shape, "layer"), V.double()), big)
+    assert torch.allclose(
+        compose(T.double(), solve_U(T.double(), big, V.double(), W.shape, "layer", D), V.double()), big
+    )
+    ill = torch.eye(8) + 3 * torch.randn(8, 8).triu(1)
+    ill[3, 3] = 1e-5  # cond ≈ 1e9: float64 carries U, float32 cannot
+    layer = tuvify(nn.Linear(8, 8, bias=False), use_V=False)
+    with torch.no_grad():
+        layer.T.copy_(ill)
+    W8 = torch.randn(8, 8, dtype=D)
+    for w in (W8, W8.float()):
+        with pytest.raises(ValueError, match="singular"):
+            layer.weight = w
+    with pytest.raises(ValueError, match="singular"):
+        layer.load_state_dict({"weight": W8})
+    half = tuvify(nn.Linear(3, 3, dtype=torch.bfloat16))  # LU in float32, U kept in bfloat16
+    nn.init.normal_(half.weight)
+    assert half.U.dtype == torch.bfloat16
 
 
 def test_fast_names_head_only_takes_the_last_layer_and_only_its_trainable_parameters():
@@ -543,6 +560,47 @@ def test_mlp_builds_one_layer_and_passes_bias_inside_T():
     with pytest.raises(ValueError, match=r"sizes=\[3\] needs at least"):
         mlp([3])
     assert all(m.bias_inside_T for m in mlp([1, 4, 1], bias_inside_T=True) if isinstance(m, TUVLayer))
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda w: w.T.mul_(2),
+        lambda w: w.mT.add_(1),
+        lambda w: w.adjoint().mul_(3),
+        lambda w: w.swapaxes(0, 1)[0].fill_(0.5),
+        lambda w: w.unsqueeze(0).mul_(2),
+        lambda w: w.diagonal().fill_(7),
+        lambda w: w.view(-1)[3].fill_(9),
+        lambda w: w.reshape(-1).mul_(2),
+        lambda w: w.narrow(0, 1, 1).zero_(),
+        lambda w: w.select(1, 2).fill_(4),
+        lambda w: w[1:].mul_(0.5),
+        lambda w: w.unflatten(1, (2, 2)).mul_(2),
+        lambda w: w.movedim(0, 1).mul_(2),
+        lambda w: w.detach().data.T[0].fill_(1),
+    ],
+)
+def test_in_place_writes_through_views_land_as_in_a_plain_layer(op):
+    """Each in-place write through a view of the weight changes a plain nn.Linear's weight; it changes W = T·U·V alike
+    (.T, .adjoint(), .swapaxes(), .unsqueeze(), .diagonal() did nothing before: found by the review)."""
+    layer, plain = layer_with_factors(), nn.Linear(4, 3, dtype=D)
+    with torch.no_grad():
+        plain.weight.copy_(layer.weight)
+        op(layer.weight), op(plain.weight)
+    assert torch.allclose(layer.weight, plain.weight, atol=1e-12, rtol=0)
+
+
+def test_bias_inside_T_is_refused_for_a_subclass_with_its_own_forward_before_anything_converts():
+    class Own(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight, self.bias)
+
+    net = nn.Sequential(nn.Linear(2, 3), Own(3, 2))
+    with pytest.raises(ValueError, match="Own has its own forward, which would add the bias b instead of T·b"):
+        tuvify(net, bias_inside_T=True)
+    assert type(net[0]) is nn.Linear and type(net[1]) is Own  # nothing converted
+    assert isinstance(tuvify(net)[1], TUVLinear)  # bias outside T: the subclass's forward is right
 
 
 def test_tuvify_gives_a_torch_layer_subclass_its_own_tuv_subclass():

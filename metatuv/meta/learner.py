@@ -190,7 +190,7 @@ class MetaLearner(nn.Module):
                     f"make outer.meta_batch a multiple of {world}."
                 )
             first, last = rank * tasks // world, (rank + 1) * tasks // world
-        total = torch.zeros(())  # (+ a 0-d loss sum takes that sum's dtype)
+        total = torch.zeros((), device=batch[0].device)  # on the losses' device: no host sync per chunk
         for chunk, chunk_extras in chunks(batch, extras, size, first, last):
             if self.compile:  # __init__ allows it with the func backend only
                 loss_sum = self._compiled_backward(chunk, chunk_extras, tasks)
@@ -198,7 +198,7 @@ class MetaLearner(nn.Module):
                 losses = self.task_losses(chunk, chunk_extras)
                 (losses.sum() / tasks).backward()
                 loss_sum = losses.detach().sum()
-            total = total + loss_sum.to(total.device)
+            total = total + loss_sum  # (a 0-d sum: the result takes its dtype)
         return total / tasks
 
     def _compiled_backward(self, batch: Batch, extras: Params, tasks: int) -> Tensor:

@@ -95,7 +95,7 @@ class TUVLayer(nn.Module):
     @torch.no_grad()
     def _write_weight(self, W: Tensor) -> None:
         """U ← T⁻¹·W·V⁻¹, so that T·U·V = W (T and V are kept); one clear error if W cannot be represented."""
-        self.U.copy_(solve_U(self.T, W, self.V, self.U.shape, type(self).__name__))
+        self.U.copy_(solve_U(self.T, W, self.V, self.U.shape, type(self).__name__, self.U.dtype))
 
     def effective_bias(self) -> Tensor | None:
         """The bias the layer adds: b, or T·b with ``bias_inside_T``."""
@@ -241,13 +241,20 @@ def tuvify(
     converted once and stays tied. Left as they are: layers that are TUV layers already, and layers whose weight is
     frozen (``requires_grad=False``; ``fast_names`` skips frozen parameters, so such a layer neither adapts nor is
     meta-learned; a frozen bare layer comes back unconverted). ``use_mask`` adds MT-net mask logits (they only act
-    in the inner loop); ``bias_inside_T``: y = T(U·V·x + b) as in Lee & Choi's code (see TUVLayer).
+    in the inner loop); ``bias_inside_T``: y = T(U·V·x + b) as in Lee & Choi's code (see TUVLayer); refused for a
+    layer subclass with its own ``forward`` (which keeps running after conversion, adding b itself).
     """
     kw = {"use_T": use_T, "use_V": use_V, "use_mask": use_mask, "bias_inside_T": bias_inside_T}
-    for module in list(model.modules()):  # modules() yields a module registered under two names once
-        if isinstance(module, TUVLayer) or not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            continue
-        if not module.weight.requires_grad:
-            continue
-        _convert(module, _tuv_class(type(module)), **kw)
+    plain = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    todo = [  # modules() yields a module registered under two names once
+        m for m in model.modules() if isinstance(m, plain) and not isinstance(m, TUVLayer) and m.weight.requires_grad
+    ]
+    for m in todo:  # checked before anything is converted
+        if bias_inside_T and type(m).forward not in [p.forward for p in plain]:  # it would add the raw b, not T·b
+            raise ValueError(
+                f"tuvify(bias_inside_T=True): {type(m).__name__} has its own forward, which would add the bias b "
+                "instead of T·b; use bias_inside_T=False for a model with such layers."
+            )
+    for m in todo:
+        _convert(m, _tuv_class(type(m)), **kw)
     return model

@@ -23,8 +23,10 @@ _INPLACE_DUNDERS = frozenset(
     {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "__imatmul__"}
 )
 _ALIASES = frozenset(
-    {"detach", "view", "view_as", "reshape", "flatten", "t", "transpose", "permute", "select", "narrow", "__getitem__"}
-)
+    {"detach", "view", "view_as", "reshape", "flatten", "unflatten", "t", "transpose", "swapaxes", "swapdims",
+     "permute", "movedim", "moveaxis", "adjoint", "select", "narrow", "diagonal", "unsqueeze", "squeeze", "unfold",
+     "view_as_real", "as_strided", "__getitem__"}
+)  # fmt: skip
 # properties returning an alias of a real tensor (``weight.T.mul_(2)`` writes the weight, as in a plain layer)
 _ALIAS_PROPERTIES = (torch.Tensor.data, torch.Tensor.T, torch.Tensor.mT, torch.Tensor.H, torch.Tensor.mH)
 
@@ -103,16 +105,17 @@ def compose(T: Tensor | None, U: Tensor, V: Tensor | None) -> Tensor:
     return W
 
 
-def solve_U(T: Tensor | None, W: Tensor, V: Tensor | None, shape: torch.Size, who: str) -> Tensor:
-    """U = T⁻¹·W·V⁻¹ (the U with compose(T, U, V) = W), in the promoted dtype of W, T and V; raises one line naming
-    ``who`` (the layer) if T or V cannot be inverted accurately."""
+def solve_U(T: Tensor | None, W: Tensor, V: Tensor | None, shape: torch.Size, who: str, dtype: torch.dtype) -> Tensor:
+    """U = T⁻¹·W·V⁻¹ (the U with compose(T, U, V) = W), solved in the promoted dtype of W, T and V (at least float32:
+    LU has no half-precision CPU kernel) and returned in ``dtype`` (the layer's U); raises one line naming ``who``
+    (the layer) if T·U·V with that U misses W by more than √eps of ``dtype`` (T or V nearly singular)."""
     W = torch.as_tensor(W)
     if tuple(W.shape) != tuple(shape):
         raise ValueError(f"{who}.weight: got shape {tuple(W.shape)}, expected {tuple(shape)}.")
-    dtype = W.dtype
+    work = torch.promote_types(W.dtype, torch.float32)
     for f in (T, V):
-        dtype = dtype if f is None else torch.promote_types(dtype, f.dtype)
-    W, T, V = (None if f is None else f.detach().to(dtype) for f in (W, T, V))  # a float64 W into float32 factors
+        work = work if f is None else torch.promote_types(work, f.dtype)
+    W, T, V = (None if f is None else f.detach().to(work) for f in (W, T, V))  # a float64 W into float32 factors
     U = W
     err = torch.tensor(float("inf"))
     try:
@@ -121,9 +124,10 @@ def solve_U(T: Tensor | None, W: Tensor, V: Tensor | None, shape: torch.Size, wh
         if V is not None:
             Vinv = torch.linalg.inv(V)
             U = U @ Vinv if U.dim() == 2 else torch.einsum("oa...,ai->oi...", U, Vinv)
+        U = U.to(dtype)  # what the layer will hold: the check below is on it
         if T is None and V is None:
             return U
-        err = (compose(T, U, V) - W).norm() / W.norm().clamp_min(torch.finfo(dtype).tiny)
+        err = (compose(T, U.to(work), V) - W).norm() / W.norm().clamp_min(torch.finfo(work).tiny)
     except torch.linalg.LinAlgError:
         pass
     if not torch.isfinite(err) or err > torch.finfo(dtype).eps ** 0.5:
@@ -159,7 +163,7 @@ def _load_plain_weight(module: TUVLayer, state_dict, prefix, local_metadata, str
     T = state_dict.get(prefix + "T", module.T)
     V = state_dict.get(prefix + "V", module.V)
     name = prefix.rstrip(".") or type(module).__name__
-    state_dict[prefix + "U"] = solve_U(T, state_dict.pop(key), V, module.U.shape, name).to(module.U.dtype)
+    state_dict[prefix + "U"] = solve_U(T, state_dict.pop(key), V, module.U.shape, name, module.U.dtype)
     for k, p in module.named_parameters(recurse=False):  # T, V, mask_logit (bounded layers: T_raw, V_raw, ...)
         if k not in ("U", "bias") and prefix + k not in state_dict:
             state_dict[prefix + k] = p.detach()
