@@ -1,5 +1,6 @@
 """Meta-gradients: a hand-derived second-order case, gradcheck, first order vs second order, one meta-step."""
 
+import copy
 import itertools
 
 import pytest
@@ -462,3 +463,19 @@ def test_learner_defaults():
     assert learner.fast_names == ["0.U", "0.bias", "2.U", "2.bias"] and list(learner.rule.parameters()) == []
     assert (learner.backend, learner.vectorize, learner.chunk_size, learner.compile) == ("func", "auto", None, False)
     assert learner.backtrack == 0
+
+
+def test_evaluate_backtracks_as_the_learner_says_unless_told():
+    """evaluate(backtrack=None) uses learner.backtrack, an explicit value wins: with α = 50 plain steps run away
+    and backtracked ones cannot (test_backtrack.py covers the method itself)."""
+    from metatuv.meta import evaluate
+
+    torch.manual_seed(0)
+    batches = [tuple(torch.randn(2, 5, 1, dtype=D) for _ in range(4))]
+    scores, model = {}, mlp([1, 6, 1]).double()
+    for default in (0, 8):
+        learner = MetaLearner(copy.deepcopy(model), mse, 50.0, 5, backtrack=default)
+        for given in (None, 0, 8):
+            mean, _ = evaluate(learner, iter(batches), tasks=2, progress=False, backtrack=given)
+            scores[default, given] = mean
+    assert scores[8, None] == scores[8, 8] == scores[0, 8] < scores[0, 0] == scores[0, None] == scores[8, 0]
