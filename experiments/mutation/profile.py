@@ -129,6 +129,9 @@ def main() -> None:
     dest.parent.mkdir(exist_ok=True)
     dest.write_text("".join(f"{line}\n" for line in lines))
     print(f"{len(lines)} mutants -> {dest.relative_to(ROOT)}")
+    unchecked = sum(line.endswith(": not checked") for line in lines)
+    if unchecked:  # e.g. mutmut's clean run of the selection failed (a flaky or broken test): no score from this
+        sys.exit(f"{unchecked} mutants are still not checked (see mutmut's output above); fix the cause and rerun.")
 
 
 if __name__ == "__main__":
